@@ -45,6 +45,7 @@ from audiences.rules.schema import (
 from audiences.rules.validation import (
     event_problems,
     field_problem,
+    list_problem,
     member_problem,
     operator_problem,
     reachable_problems,
@@ -306,9 +307,9 @@ def _value_refused(node: dict, value_type: str, path: str, errors: list[RuleErro
         return
     value, where = node.get("value"), f"{path}.value"
     if op in ("in", "not_in", "between"):
-        if not isinstance(value, list) or (len(value) != 2 if op == "between" else not value):
-            wanted = "a list of two values: [low, high]" if op == "between" else f"a non-empty list of {value_type}s"
-            errors.append(RuleError(where, "wrong_type", f"'{op}' needs {wanted}"))
+        problem = list_problem(op, value, value_type)
+        if problem:
+            errors.append(RuleError(where, "wrong_type", problem))
             return
         items = [(f"{where}[{i}]", item) for i, item in enumerate(value)]
     else:

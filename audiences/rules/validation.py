@@ -34,6 +34,7 @@ from audiences.rules.schema import (
     resolve_date,
     segment_references,
 )
+from audiences.rules.words import operator_words
 from config.db import ROW_IDS
 
 # Rule trees kept outside segments that may name them (a journey's conditions): each holder,
@@ -141,40 +142,35 @@ class _Validator:
             return
         where = f"{path}.value"
         value = node.get("value")
+        label = operator_words(op, value_type)
         if op in NO_VALUE_OPS:
             if value is not None:
-                self.fail(where, "unexpected_value", f"'{op}' takes no value")
+                self.fail(where, "unexpected_value", f"'{label}' takes no value")
             return
         if "value" not in node:
-            self.fail(where, "required", f"'{op}' needs a value")
+            self.fail(where, "required", f"'{label}' needs a value")
             return
         items = value if isinstance(value, list) else [value]
         if value_type != "string" and any(item is None or item == "" for item in items):
-            label = node.get("attribute") or node.get("property") or node.get("field") or "?"
-            self.fail(
-                where,
-                "empty",
-                f"the condition '{label} {op}' has an empty value: enter a {value_type} (an empty value is never 0)",
-            )
+            self.fail(where, "empty", f"the value is empty: enter a {value_type} (an empty value is never 0)")
             return
-        if op in ("in", "not_in"):
-            if not isinstance(value, list) or not value:
-                self.fail(where, "wrong_type", f"'{op}' needs a non-empty list of {value_type}s")
+        if op in ("in", "not_in", "between"):
+            problem = list_problem(op, value, value_type)
+            if problem:
+                self.fail(where, "wrong_type", problem)
                 return
+        if op in ("in", "not_in"):
             if len(value) > MAX_LIST:
-                self.fail(where, "too_long", f"'{op}' takes at most {MAX_LIST} values")
+                self.fail(where, "too_long", f"'{label}' takes at most {MAX_LIST} values")
                 return
             for index, item in enumerate(value):
                 if self.scalar(item, f"{where}[{index}]", value_type) and value_type == "string":
                     self.whole_text(item, f"{where}[{index}]", op)
             return
         if op == "between":
-            if not isinstance(value, list) or len(value) != 2:
-                self.fail(where, "wrong_type", "'between' needs a list of two values: [low, high]")
-                return
             ok = self.scalar(value[0], f"{where}[0]", value_type) and self.scalar(value[1], f"{where}[1]", value_type)
             if ok and _order_key(value[0], value_type) > _order_key(value[1], value_type):
-                self.fail(where, "wrong_order", "'between' needs the low end first")
+                self.fail(where, "wrong_order", f"'{label}' needs the low end first")
             return
         if self.scalar(value, where, value_type) and value_type == "string" and op in ("eq", "ne"):
             self.whole_text(value, where, op)
@@ -482,6 +478,18 @@ def reachable_problems(node: dict, path: str) -> list[RuleError]:
             RuleError(f"{here}.platform", "unknown_platform", f"unknown platform {platform!r}; use ios or android")
         )
     return errors
+
+
+def list_problem(op: str, value, value_type: str) -> str | None:
+    """Why the value of an 'in', 'not_in' or 'between' condition is not the list it needs, or None."""
+    label = operator_words(op, value_type)
+    if op == "between":
+        if isinstance(value, list) and len(value) == 2:
+            return None
+        return f"'{label}' needs a list of two values: [low, high]"
+    if isinstance(value, list) and value:
+        return None
+    return f"'{label}' needs a non-empty list of {value_type}s"
 
 
 def value_problem(value, value_type: str) -> tuple[str, str] | None:

@@ -68,6 +68,16 @@ def rules_invalid_text(rules, errors) -> str:
     return "; ".join(f"{rule_error_place(rules, e.path)}: {e.message}" for e in errors)
 
 
+def operator_words(op: str, value_type: str) -> str:
+    """The builder's label of an operator; of one serving numbers and dates, the half for
+    ``value_type`` ("gt": "is more than" of a number, "is after" of a date)."""
+    label = OPERATOR_LABELS.get(op, op)
+    if " / " not in label:
+        return label
+    number, date = label.split(" / ", 1)
+    return f"is {date}" if value_type == "date" else number
+
+
 def _placed(where: str, label: str | None) -> str:
     return f"{where} ({label})" if label else where
 
@@ -176,12 +186,7 @@ class _Words:
 
     @staticmethod
     def operator(op: str, value_type: str) -> str:
-        """The builder's label; of one serving numbers and dates, the half for ``value_type``."""
-        label = OPERATOR_LABELS.get(op, op)
-        if " / " not in label:
-            return label
-        number, date = label.split(" / ", 1)
-        return f"is {date}" if value_type == "date" else number
+        return operator_words(op, value_type)
 
     @staticmethod
     def value(value, value_type: str) -> str:

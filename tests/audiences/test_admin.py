@@ -140,7 +140,7 @@ def test_invalid_rules_are_shown_on_the_form_in_words_the_builder_outlines_by_pa
     assert response.status_code == 200
     html = response.content.decode()
     assert "Condition 1 (age is more than): expected a number" in html
-    assert "Group 2, condition 1 (plan is one of): &#x27;in&#x27; needs a non-empty list" in html
+    assert "Group 2, condition 1 (plan is one of): &#x27;is one of&#x27; needs a non-empty list" in html
     assert "Group 3: the group" in html
     assert "rules.all[" not in html.split('data-errors="')[0]  # no JSON path in the words shown
     # The builder outlines each condition by its path, which the page gives it apart from the words.

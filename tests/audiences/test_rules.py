@@ -731,8 +731,11 @@ def test_per_profile_compilation_agrees_with_the_set_compilation(people, tree, e
 def test_an_empty_number_is_refused_naming_the_condition(value):
     op = "between" if isinstance(value, list) else "gt"
     tree = {"all": [{"attribute": "age", "type": "number", "op": op, "value": value}]}
-    with pytest.raises(RulesInvalid, match=f"the condition 'age {op}' has an empty value: enter a number"):
+    with pytest.raises(RulesInvalid) as info:
         rules_validate(tree)
+    [error] = info.value.errors
+    assert error.path.startswith("rules.all[0].value")
+    assert error.message == "the value is empty: enter a number (an empty value is never 0)"
 
 
 BEYOND_FLOAT = 10**400  # a whole number no 64-bit float holds
@@ -1014,7 +1017,7 @@ def test_the_reach_and_a_sends_resolve_read_the_audience_as_the_count_does(lists
         (
             {"attribute": "age", "type": "number", "op": "between", "value": 5},
             "rules.all[1].value",
-            "'between' needs a list",
+            "'is between' needs a list",
         ),
         ({"attribute": "signup", "type": "date", "op": "lt", "value": "soon"}, "rules.all[1].value", "expected a date"),
         ({"field": "created_at", "op": "gt", "value": "2026-02-30"}, "rules.all[1].value", "expected a date"),
@@ -1087,8 +1090,12 @@ def test_a_segment_using_one_whose_saved_rule_is_not_of_its_type_is_refused_nami
         ({"attribute": "city", "type": "string", "op": "contains", "value": 5}, "rules.all[1].value", "a string"),
         ({"field": "locale", "op": "eq", "value": 5}, "rules.all[1].value", "expected a string"),
         ({"field": "country", "op": "eq", "value": "fr"}, "rules.all[1].field", "unknown field"),
-        ({"attribute": "plan", "type": "string", "op": "in", "value": "pro"}, "rules.all[1].value", "'in' needs a"),
-        ({"field": "locale", "op": "not_in", "value": []}, "rules.all[1].value", "'not_in' needs a non-empty list"),
+        (
+            {"attribute": "plan", "type": "string", "op": "in", "value": "pro"},
+            "rules.all[1].value",
+            "'is one of' needs a",
+        ),
+        ({"field": "locale", "op": "not_in", "value": []}, "rules.all[1].value", "'is none of' needs a non-empty list"),
         (
             {"attribute": "plan", "type": "string", "op": "in", "value": ["pro", 5]},
             "rules.all[1].value[1]",
@@ -1164,3 +1171,30 @@ def test_a_saved_attribute_rule_without_its_type_still_reads_as_a_string(people)
     with pytest.raises(RulesInvalid) as info:
         rules_compile({"all": [{"attribute": "plan", "op": "eq", "value": True}]}, now=NOW)
     assert [str(e) for e in info.value.errors] == ["rules.all[0].value: expected a string, got a boolean"]
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        (attr("age", "number", "gt", ""), "the value is empty: enter a number (an empty value is never 0)"),
+        ({"attribute": "age", "type": "number", "op": "gte"}, "'is at least' needs a value"),
+        ({"field": "created_at", "op": "lt"}, "'is before' needs a value"),
+        ({"attribute": "plan", "type": "string", "op": "exists", "value": "pro"}, "'is set' takes no value"),
+        (attr("plan", "string", "in", []), "'is one of' needs a non-empty list of strings"),
+        (attr("plan", "string", "not_in", "pro"), "'is none of' needs a non-empty list of strings"),
+        (attr("age", "number", "in", list(range(1001))), "'is one of' takes at most 1000 values"),
+        (attr("age", "number", "between", [1]), "'is between' needs a list of two values: [low, high]"),
+        (attr("age", "number", "between", [9, 1]), "'is between' needs the low end first"),
+        (
+            attr("plan", "string", "ne", " pro"),
+            "' pro' begins or ends with white space, which 'is not' compares too: remove it",
+        ),
+    ],
+    ids=["empty", "required", "required-date", "no-value", "in", "not-in", "too-many", "between", "order", "padded"],
+)
+def test_a_rule_error_names_its_operator_as_the_builder_does_never_by_its_code(condition, message):
+    """The admin shows these sentences after the place in the builder's words ("Condition 1 (age
+    is more than): ..."), the API after the JSON path: neither reads "gt" or "not_in"."""
+    with pytest.raises(RulesInvalid) as info:
+        rules_validate({"all": [condition]})
+    assert [e.message for e in info.value.errors] == [message]

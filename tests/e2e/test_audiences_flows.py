@@ -208,7 +208,8 @@ def test_an_empty_number_is_refused_naming_the_condition(login, page, live_serve
     assert row.locator("input[type=number]").input_value() == ""  # never a silent 0
     page.click("input[name=_save]")
     page.wait_for_selector(".errorlist")
-    assert "the condition 'age gt' has an empty value: enter a number" in page.locator(".errorlist").first.inner_text()
+    said = "Condition 1 (age is more than): the value is empty: enter a number"
+    assert said in page.locator(".errorlist").first.inner_text()
     assert not Segment.objects.filter(name="Older than blank").exists()
 
 
