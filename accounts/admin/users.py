@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import UserChangeForm as DjangoUserChangeForm
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import router, transaction
@@ -84,8 +85,25 @@ class AppAccessInline(admin.TabularInline):
         return f"by {by} on {when:%Y-%m-%d %H:%M} {when.tzname()}"
 
 
+class UserChangeForm(DjangoUserChangeForm):
+    """The user page's form. Its roles field (the model's groups) offers the roles alone: the user's
+    other groups (teams, which an approval policy may name) are kept by a save, neither read as
+    taken away nor removed unseen."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._teams = []
+        if "groups" in self.fields and self.instance.pk is not None:
+            self._teams = [g for g in self.instance.groups.all() if g.name not in ROLES]
+            self.initial["groups"] = [g.pk for g in self.instance.groups.all() if g.name in ROLES]
+
+    def clean_groups(self):
+        return [*self.cleaned_data["groups"], *self._teams]
+
+
 @admin.register(User)
 class UserAdmin(AccessAdmin, DjangoUserAdmin):
+    form = UserChangeForm
     list_display = ("username", "email", "roles", "is_active", "is_staff", "is_service_account", "last_login")
     list_filter = ("groups", "is_active", "is_staff", "is_service_account")
     readonly_fields = ("last_login", "date_joined", "role_summary", "object_access")
@@ -290,7 +308,7 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
 
     def save_related(self, request, form, formsets, change):
         if change and "groups" in form.changed_data:
-            roles = ", ".join(g.name for g in form.cleaned_data["groups"]) or "none"
+            roles = ", ".join(g.name for g in form.cleaned_data["groups"] if g.name in ROLES) or "none"
             with approval_policies_kept_decidable(
                 doing=f"Changing {form.instance.get_username()}'s roles to {roles}",
                 fix=self._POLICY_FIX,
@@ -304,7 +322,7 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
                 actor=request.user,
                 action="roles_changed",
                 obj=form.instance,
-                summary={"roles": [g.name for g in form.instance.groups.all()]},
+                summary={"roles": form.instance.role_names()},
             )
         user_roles_given(user=form.instance, by=request.user)
 

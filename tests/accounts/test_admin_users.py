@@ -590,3 +590,30 @@ def test_delete_selected_groups_deletes_the_others_and_names_a_policy_s_group_no
     assert list(
         AuditEvent.objects.filter(action="group_deleted", actor=admin_erin).values_list("object_id", flat=True)
     ) == [str(night_shift.pk)]
+
+
+def test_the_user_page_keeps_the_groups_its_roles_field_does_not_offer(
+    client, admin_erin, approver_bob, shop_reviewers
+):
+    """The page offers roles alone: a save keeps the user's teams, never taking them out unseen."""
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{approver_bob.pk}/change/"
+    answer = client.post(url, change_form(approver_bob, roles=["Approver", "Viewer"], email="new@example.test"))
+    assert answer.status_code == 302
+    bob = User.objects.get(pk=approver_bob.pk)
+    assert sorted(bob.groups.values_list("name", flat=True)) == ["Approver", "Shop reviewers", "Viewer"]
+    assert AuditEvent.objects.get(action="roles_changed").summary == {"roles": ["Approver", "Viewer"]}
+
+
+def test_saving_the_page_of_a_policy_s_group_member_keeps_the_group_and_saves(
+    client, admin_erin, approver_bob, shop, shop_reviewers
+):
+    policy = _policy_naming_group(admin_erin, shop, shop_reviewers)
+    client.force_login(admin_erin)
+    url = f"/admin/accounts/user/{approver_bob.pk}/change/"
+    answer = client.post(url, change_form(approver_bob, roles=["Approver"], email="new@example.test"))
+    assert answer.status_code == 302 and "not saved" not in html.unescape(client.get(answer.url).content.decode())
+    bob = User.objects.get(pk=approver_bob.pk)
+    assert bob.email == "new@example.test" and list(shop_reviewers.user_set.all()) == [bob]
+    assert list(policy.approver_groups.all()) == [shop_reviewers]
+    assert not AuditEvent.objects.filter(action="roles_changed").exists()
