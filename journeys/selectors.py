@@ -367,6 +367,14 @@ def _versions_that_may_run() -> QuerySet[JourneyVersion]:
 HIDDEN_JOURNEY = "a journey you cannot see"
 
 
+def _hidden_said(journeys: set[int]) -> list[str]:
+    """The journeys of ``journeys`` (ids) a reader may not see, counted without a name: "a journey
+    you cannot see", "3 journeys you cannot see"; nothing when there are none."""
+    if not journeys:
+        return []
+    return [HIDDEN_JOURNEY if len(journeys) == 1 else f"{len(journeys)} journeys you cannot see"]
+
+
 def _version_labels(versions: list[JourneyVersion], by: User | None) -> dict[int, str | None]:
     """Each version said as "journey “X”, version N (live)", by version id; None for one of a
     journey ``by`` may not see (None: the system sees all)."""
@@ -386,8 +394,9 @@ def _version_labels(versions: list[JourneyVersion], by: User | None) -> dict[int
 
 def journeys_sending_contents(content_ids: set[int], by: User | None) -> list[str]:
     """The journey versions whose steps may still send any of ``content_ids`` (those that may still
-    run: ``_versions_that_may_run``), each said with its steps, or as "a journey you cannot see" to
-    ``by``. (Registered with ``delivery.services.contents``: content they name is not deleted.)"""
+    run: ``_versions_that_may_run``), each said with its steps, those ``by`` may not see counted ("2
+    journeys you cannot see"). (Registered with ``delivery.services.contents``: content they name is
+    not deleted.)"""
     from journeys.graph import contents_of
 
     found = []
@@ -396,29 +405,34 @@ def journeys_sending_contents(content_ids: set[int], by: User | None) -> list[st
         if steps:
             found.append((version, ", ".join(f"'{step}'" for step in steps)))
     labels = _version_labels([version for version, _ in found], by)
-    return [f"{labels[version.pk]}: step {named}" if labels[version.pk] else HIDDEN_JOURNEY for version, named in found]
+    said = [f"{labels[version.pk]}: step {named}" for version, named in found if labels[version.pk]]
+    return said + _hidden_said({version.journey_id for version, _ in found if not labels[version.pk]})
 
 
-def journeys_conditions_naming(
-    segment_ids: set[int], by: User | None, *, versions: list[JourneyVersion] | None = None
-) -> list[str]:
+def journeys_conditions_naming(segment_ids: set[int], by: User | None) -> list[str]:
     """The journey versions that may still run (``_versions_that_may_run``) whose conditions test any
-    of ``segment_ids`` (a branch on the segment, or a rule naming it), each said with its steps, or as
-    "a journey you cannot see" to ``by``. (Registered with ``audiences.services.segments``: a segment
-    they name is not deleted; a branch on a deleted segment would hold for no one, and its profiles
-    would silently take the other way.) ``versions``: those versions, when the caller read them."""
+    of ``segment_ids`` (a branch on the segment, or a rule naming it), each said with its steps,
+    those ``by`` may not see counted ("2 journeys you cannot see"). (Registered with
+    ``audiences.services.segments``: a segment they name is not deleted; a branch on a deleted
+    segment would hold for no one, and its profiles would silently take the other way.)"""
+    found = _conditions_naming(segment_ids, _versions_that_may_run())
+    labels = _version_labels([version for version, _ in found], by)
+    said = [f"{labels[version.pk]}: step {named}" for version, named in found if labels[version.pk]]
+    return said + _hidden_said({version.journey_id for version, _ in found if not labels[version.pk]})
+
+
+def _conditions_naming(segment_ids: set[int], versions) -> list[tuple[JourneyVersion, str]]:
+    """Those of ``versions`` whose conditions test any of ``segment_ids``, each with its steps said."""
     from journeys.graph import branch_segments, condition_branches
 
     found = []
-    for version in _versions_that_may_run() if versions is None else versions:
+    for version in versions:
         steps = {
             step_id for step_id, branch in condition_branches(version.graph) if branch_segments(branch) & segment_ids
         }
         if steps:
             found.append((version, ", ".join(f"'{step}'" for step in sorted(map(str, steps)))))
-    labels = _version_labels([version for version, _ in found], by)
-    said = [f"{labels[version.pk]}: step {named}" if labels[version.pk] else HIDDEN_JOURNEY for version, named in found]
-    return list(dict.fromkeys(said))
+    return found
 
 
 def journeys_rule_trees_naming(segment_ids: set[int], by: User | None) -> list[tuple[str, dict]]:
@@ -444,14 +458,15 @@ def journeys_rule_trees_naming(segment_ids: set[int], by: User | None) -> list[t
 def journeys_reading_segments(segment_ids: set[int], by: User | None) -> list[str]:
     """The journey versions that may still run (``_versions_that_may_run``) entering from any of
     ``segment_ids`` or testing one in a condition, each said with its version and status (and the
-    steps), or as "a journey you cannot see" to ``by``. (Registered with
+    steps), those ``by`` may not see counted, each journey once. (Registered with
     ``audiences.services.segments``: the segment's page names them.)"""
     versions = list(_versions_that_may_run())  # read once for the entries and the conditions
     entering = [v for v in versions if v.entry_segment_id in segment_ids]
-    labels = _version_labels(entering, by)
-    said = [f"the entry of {labels[v.pk]}" if labels[v.pk] else HIDDEN_JOURNEY for v in entering]
-    said += [
-        line if line == HIDDEN_JOURNEY else f"a condition of {line}"
-        for line in journeys_conditions_naming(segment_ids, by, versions=versions)
-    ]
-    return list(dict.fromkeys(said))
+    testing = _conditions_naming(segment_ids, versions)
+    labels = _version_labels(entering + [v for v, _ in testing], by)
+    said = [f"the entry of {labels[v.pk]}" for v in entering if labels[v.pk]]
+    said += [f"a condition of {labels[v.pk]}: step {named}" for v, named in testing if labels[v.pk]]
+    hidden = {v.journey_id for v in entering if not labels[v.pk]} | {
+        v.journey_id for v, _ in testing if not labels[v.pk]
+    }
+    return said + _hidden_said(hidden)

@@ -1068,3 +1068,36 @@ def test_a_sent_back_draft_thrown_away_leaves_its_authors_box(
     assert sent_back() == []
     journey_version_edit(journey_id=journey.pk, by=manager_alice, exit_event="unsubscribed")
     assert sent_back() == ["Onboarding"]  # a new draft to submit: what came back reads for it again
+
+
+def test_journeys_a_reader_may_not_see_are_counted_each_once(
+    make_journey, publish, manager_alice, everyone, vips, welcome
+):
+    """Journeys hidden from the reader were said once per version ("a journey you cannot see, a
+    journey you cannot see" for a content two versions send) or all as one (a segment two journeys
+    read): they are counted, each journey once, however many of its versions read it."""
+    from accounts.services import access_grant
+    from journeys.selectors import journeys_conditions_naming, journeys_reading_segments, journeys_sending_contents
+    from journeys.services.lifecycle import journey_version_edit
+    from tests.factories import UserFactory
+
+    onboarding = publish(make_journey())
+    journey_version_edit(journey_id=onboarding.pk, by=manager_alice, reentry="after_wait")  # a draft
+    make_journey(name="Winback")
+    manager_oscar = UserFactory(username="manager_oscar", role="Manager")
+    for obj in (everyone, vips, welcome):
+        access_grant(obj=obj, to=manager_oscar, by=None)
+
+    assert journeys_sending_contents({welcome.pk}, manager_oscar) == ["2 journeys you cannot see"]
+    assert journeys_conditions_naming({vips.pk}, manager_oscar) == ["2 journeys you cannot see"]
+    assert journeys_reading_segments({everyone.pk, vips.pk}, manager_oscar) == ["2 journeys you cannot see"]
+    assert journeys_reading_segments({everyone.pk}, manager_alice) == [
+        "the entry of journey “Onboarding”, version 1 (live)",
+        "the entry of journey “Onboarding”, version 2 (draft)",
+        "the entry of journey “Winback”, version 1 (draft)",
+    ]
+    assert journeys_sending_contents({welcome.pk}, manager_alice) == [
+        "journey “Onboarding”, version 1 (live): step 'push'",
+        "journey “Onboarding”, version 2 (draft): step 'push'",
+        "journey “Winback”, version 1 (draft): step 'push'",
+    ]
