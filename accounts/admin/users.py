@@ -339,6 +339,27 @@ class GroupAdmin(AccessAdmin, DjangoGroupAdmin):
             return ("name", "permissions")
         return ()
 
+    def _changeform_view(self, request, object_id, form_url, extra_context):
+        # New permissions that would leave an active approval policy with no one to decide (its
+        # approvers approved through the group) refuse the whole save, as on the user's page.
+        try:
+            with transaction.atomic(using=router.db_for_write(self.model)):
+                return super()._changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, f"{' '.join(exc.messages)} Your changes were not saved.", messages.ERROR)
+        return HttpResponseRedirect(request.path)
+
+    def save_related(self, request, form, formsets, change):
+        if change and "permissions" in form.changed_data:
+            with approval_policies_kept_decidable(
+                doing=f"Changing the group {form.initial['name']}'s permissions",
+                fix=POLICY_DECIDER_FIX,
+                undone="the permissions were not changed",
+            ):
+                super().save_related(request, form, formsets, change)
+        else:
+            super().save_related(request, form, formsets, change)
+
     def delete_model(self, request, obj):
         group_delete(group_id=obj.pk, by=request.user)
 
