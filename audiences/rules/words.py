@@ -41,7 +41,11 @@ def rule_error_place(rules, path: str) -> str:
     builder: ``Group 2, condition 1 (age is more than)``. Groups and conditions are numbered from 1
     by their place in their group, as the builder lists them; a condition is named by what it reads
     (its name and operator label, or its event, membership or device). A path into no condition
-    reads "The rules". Never raises: a node the tree does not hold ends the words there."""
+    reads "The rules". A tree whose top level is one condition reads as the builder shows it, a
+    group of that one: its errors are condition 1's. Never raises: a node the tree does not hold
+    ends the words there."""
+    if _one_condition(rules) and path.startswith(("rules.", "rules[")):
+        rules, path = {"all": [rules]}, "rules.all[0]" + path.removeprefix("rules")
     steps = [(key, int(index) if index else None) for key, index in _PATH_STEP.findall(path.removeprefix("rules"))]
     parts: list[str] = []
     node = rules
@@ -60,6 +64,11 @@ def rule_error_place(rules, path: str) -> str:
             parts.append(_placed(f"condition {index + 1}", _condition_label(node)))
     words = ", ".join(parts) or "the rules"
     return words[0].upper() + words[1:]
+
+
+def _one_condition(rules) -> bool:
+    """Whether the tree's top level is a node with no group of children (the builder wraps it)."""
+    return isinstance(rules, dict) and not any(isinstance(rules.get(g), list) for g in GROUPS)
 
 
 def rules_invalid_text(rules, errors) -> str:

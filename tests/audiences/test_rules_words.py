@@ -189,3 +189,15 @@ def test_a_rule_errors_place_reads_as_the_builder_lists_its_groups_and_condition
     assert rule_error_place(tree, "rules") == "The rules"
     assert rule_error_place(tree, "rules.all[9].value") == "The rules"
     assert rule_error_place(None, "rules.all[0]") == "The rules"
+
+
+def test_a_rule_errors_place_in_a_tree_whose_top_level_is_one_condition_is_its_condition_1():
+    """The builder shows such a tree as a group of one condition: its errors are at that condition."""
+    age = {"attribute": "age", "type": "number", "op": "gt", "value": "old"}
+    assert rule_error_place(age, "rules.value") == "Condition 1 (age is more than)"
+    assert rule_error_place({"segment": 4}, "rules.segment") == "Condition 1 (member of a segment)"
+    event = {"event": "purchase", "where": [{"property": "amount", "type": "number", "op": "gte"}]}
+    assert (
+        rule_error_place(event, "rules.where[0].value") == "Condition 1 (did “purchase”), where 1 (amount is at least)"
+    )
+    assert rule_error_place(age, "rules") == "The rules"  # the compiler's, about the whole tree

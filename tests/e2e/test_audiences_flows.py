@@ -139,6 +139,34 @@ def test_server_errors_are_outlined_in_the_builder(login, page, live_server, man
     assert json.loads(page.locator("#id_rules").input_value()) == tree
 
 
+@pytest.mark.parametrize(
+    ("tree", "said"),
+    [
+        (
+            {"attribute": "age", "type": "number", "op": "gt", "value": "old"},
+            "Condition 1 (age is more than): expected",
+        ),
+        ({"segment": 987654}, "Condition 1 (member of a segment): there is no segment 987654"),
+    ],
+    ids=["value", "segment"],
+)
+def test_server_errors_of_rules_whose_top_level_is_one_condition_are_outlined_in_the_builder(
+    login, page, live_server, manager_alice, tree, said
+):
+    """Rules whose top level is one condition (as the API may save them) read in the builder as a
+    group of one; their errors' paths ("rules.value", "rules.segment") outlined the whole group and
+    read "The rules". They outline that condition's row, and say it is condition 1."""
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/segment/add/")
+    page.fill("#id_name", "Broken at the top")
+    page.evaluate("t => { document.querySelector('#id_rules').value = JSON.stringify(t); }", tree)
+    page.evaluate("() => document.querySelector('#segment_form').submit()")
+    page.wait_for_selector(".errorlist")
+    assert said in page.locator(".errorlist").first.inner_text()
+    assert page.locator(".rb-error").count() == 1
+    assert page.locator(".rb-row.rb-error").get_attribute("data-path") == "rules.all[0]"
+
+
 def test_manager_imports_a_csv_and_watches_its_progress(login, page, live_server, manager_alice, screenshot):
     from audiences.models import Import, Profile
 

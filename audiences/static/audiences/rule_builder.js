@@ -68,6 +68,8 @@
     this.uid = root.dataset.input;
     var tree = null;
     try { tree = this.input.value ? JSON.parse(this.input.value) : null; } catch (e) { tree = null; }
+    // A tree whose top level is one condition (as the API may save it) is shown as a group of one.
+    this.wrapped = Boolean(tree && !groupKey(tree));
     if (!tree || !groupKey(tree)) tree = { all: tree ? [tree] : [] };
     this.tree = tree;
     this.attrTypes = {};
@@ -359,14 +361,20 @@
   };
 
   /* Outline the nodes at the paths of the server's errors ("rules.all[1].value"): those given, or
-     the saved form's, which the page puts in data-errors. */
+     the saved form's, which the page puts in data-errors. The errors of a tree whose top level was
+     one condition are at its paths ("rules.value"): they are the condition's of the group of one
+     it is shown as ("rules.all[0].value"), as the server's words say ("Condition 1"). */
   Builder.prototype.markErrors = function (paths) {
     var root = this.root;
+    var wrapped = this.wrapped;
     root.querySelectorAll(".rb-error").forEach(function (n) { n.classList.remove("rb-error"); });
     if (!paths) {
       try { paths = JSON.parse(root.dataset.errors || "[]"); } catch (e) { paths = []; }
     }
     paths.forEach(function (path) {
+      if (wrapped && /^rules[.[]/.test(path) && !/^rules\.(all|any|none)\[/.test(path)) {
+        path = "rules.all[0]" + path.slice("rules".length);
+      }
       var best = null;
       root.querySelectorAll("[data-path]").forEach(function (node) {
         var p = node.getAttribute("data-path");
