@@ -2,14 +2,16 @@
 
 ``deliveries_claim`` moves ready ``queued`` rows to ``sending`` in one statement (``SKIP LOCKED``
 on PostgreSQL), each under a lease the watchdog judges by the database's clock;
-``deliveries_write_back`` writes the outcomes in bulk over the rows still ``sending`` and moves
-the dispatch's counters by what was written. The send engine (``delivery.services.sending``) and
-the stream senders (``delivery.services.stream_senders``) send what lies between.
+``deliveries_write_back`` writes the outcomes in bulk over the rows still ``sending`` (and over
+those the watchdog ended ``unknown`` while the claim that sent them waited for their answers) and
+moves the dispatch's counters by what was written. The send engine (``delivery.services.sending``)
+and the stream senders (``delivery.services.stream_senders``) send what lies between.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +25,9 @@ from audiences.models import Profile
 from delivery.models import Delivery, Device, Dispatch
 from delivery.rules import QuietAtClaim
 from delivery.services.dispatches import DS, NO_PLATFORM, _dt, platform_counts_add
-from delivery.services.rollups import FINAL, rollup_add_finished, rollup_insert_sql
+from delivery.services.rollups import FINAL, rollup_add_finished, rollup_insert_sql, rollup_take_finished
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -293,37 +297,59 @@ def _quiet_judge(rows: list[Claimed], quiet: QuietAtClaim, *, now: datetime) -> 
         )
 
 
+# A late answer asking for a retry: the row the watchdog ended is never sent again, so it fails.
+LATE_RETRY = " (lease over before a retry)"
+
+
 def deliveries_write_back(
-    dispatch_id: int, results: list[Result], *, now: datetime, platforms: dict[int, str] | None = None
+    dispatch_id: int,
+    results: list[Result],
+    *,
+    now: datetime,
+    platforms: dict[int, str] | None = None,
+    claims: dict[int, int] | None = None,
 ) -> Counter:
     """Write outcomes in bulk, only over rows still ``sending``; return the final statuses written.
 
     The dispatch's counters move by what was written, and so do its counts per platform
     (``platforms``: row id -> platform) in ``by_platform``.
 
+    ``claims`` (row id -> its ``attempts`` as its claim returned it) names the claim that sent each
+    row. A row whose lease ran out while the provider held it (a slow worker, not a dead one), ended
+    ``unknown`` (``lease_expired``) by the watchdog, takes its claim's answer all the same: accepted
+    with its id, failed with its reason, and a retry as failed (``LATE_RETRY``: it is never sent
+    again); its count moves from ``unknown`` to it, where it finished. Nothing else is written
+    over: a row claimed again since (its attempts differ), finished by anything else, or answered
+    without its claim. Such rows are looked up only when some row was not ``sending``.
+
     Holds the dispatch row (``FOR NO KEY UPDATE``, the lock its counters take anyway): a stop
     either committed before, and a retry becomes ``skipped`` / ``stopped`` instead of ``queued``
     (nothing would ever pick it up), or waits for this write and then stops the requeued rows.
+    The watchdog takes the same lock before it ends rows ``unknown``.
     """
     if not results:
         return Counter()
     platforms = platforms or {}
+    claims = claims or {}
     if connection.vendor == "postgresql":
-        return _write_back_one_statement(dispatch_id, results, now=now, platforms=platforms)
+        return _write_back_one_statement(dispatch_id, results, now=now, platforms=platforms, claims=claims)
     finals = set(Delivery.FINAL_STATUSES)
     written: Counter = Counter()
+    moved: Counter = Counter()  # final status -> rows, less those a late answer took from unknown
     retried: Counter = Counter()
     per_platform: Counter = Counter()  # (platform, final status) -> rows written
     finished: list[int] = []  # rows made final: counted into the rollup
+    unanswered: list[Result] = []  # not sending: perhaps ended unknown while their answer came
     with transaction.atomic(), connection.cursor() as cursor:
         status, by_platform, retries = (
             Dispatch.objects.select_for_update(no_key=True)
             .values_list("status", "by_platform", "retries")
             .get(pk=dispatch_id)
         )
+        asked = results
         if status != Dispatch.Status.SENDING:
             results = [Result(r.id, DS.SKIPPED, reason="stopped") if r.status == DS.QUEUED else r for r in results]
-        for r in results:
+        for r, answer in zip(results, asked, strict=True):
             cursor.execute(
                 "UPDATE delivery_delivery SET status = %s, reason = %s, provider_message_id = %s, "
                 "next_attempt_at = %s, finished_at = %s, lease_expires_at = NULL "
@@ -342,11 +368,27 @@ def deliveries_write_back(
                 if r.status == DS.QUEUED:
                     retried[r.reason[:100]] += 1
                 else:
+                    moved[r.status] += 1
                     per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
                     finished.append(r.id)
+            elif claims.get(r.id) is not None:
+                unanswered.append(answer)
+        late = _late_answers(unanswered, claims)
+        rollup_take_finished(ids=[r.id for r in late])
+        for r in late:
+            cursor.execute(
+                "UPDATE delivery_delivery SET status = %s, reason = %s, provider_message_id = %s WHERE id = %s",
+                [r.status, r.reason[:100], r.provider_id[:200], r.id],
+            )
+            written[r.status] += 1
+            moved[r.status] += 1
+            moved[DS.UNKNOWN] -= 1
+            per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
+            per_platform[platforms.get(r.id, NO_PLATFORM), DS.UNKNOWN] -= 1
+            finished.append(r.id)
         rollup_add_finished(ids=finished)
         # One update of the row already held: the counters, the counts per platform, the retries.
-        changes = {status: F(status) + n for status, n in written.items() if status in finals}
+        changes = {status: F(status) + n for status, n in moved.items() if status in finals and n}
         if changes:
             changes["by_platform"] = platform_counts_add(by_platform or {}, per_platform)
         if retried:
@@ -356,7 +398,38 @@ def deliveries_write_back(
             changes["retries"] = retries
         if changes:
             Dispatch.objects.filter(pk=dispatch_id).update(**changes)
+    if late:
+        _late_said(dispatch_id, Counter(r.status for r in late))
     return written
+
+
+def _late_answers(answers: list[Result], claims: dict[int, int]) -> list[Result]:
+    """The embedded mode's late answers (``deliveries_write_back``): those of ``answers`` whose row
+    the watchdog ended ``unknown`` under the claim that sent it, as they are to be written."""
+    if not answers:
+        return []
+    ended = dict(
+        Delivery.objects.filter(pk__in=[r.id for r in answers], status=DS.UNKNOWN, reason="lease_expired").values_list(
+            "pk", "attempts"
+        )
+    )
+    return [
+        Result(r.id, DS.FAILED, reason=f"{r.reason}{LATE_RETRY}") if r.status == DS.QUEUED else r
+        for r in answers
+        if r.id in ended and ended[r.id] == claims[r.id]
+    ]
+
+
+def _late_said(dispatch_id: int, late: Counter) -> None:
+    """The log line of answers that came after their rows' lease ran out, for the operator who saw
+    them ``unknown``."""
+    log.warning(
+        "dispatch %s: %s answered after the watchdog had ended them unknown (their lease ran out): %s",
+        dispatch_id,
+        "a row" if late.total() == 1 else f"{late.total()} rows",
+        ", ".join(f"{status} {n}" for status, n in sorted(late.items())),
+        extra={"dispatch": dispatch_id, "late": dict(late)},
+    )
 
 
 def _json_counts_add(column: str, counts: str) -> str:
@@ -369,65 +442,87 @@ def _json_counts_add(column: str, counts: str) -> str:
 
 
 _FINAL_COLUMNS = ", ".join(
-    f"{s} = x.{s} + (SELECT count(*) FROM written WHERE status = '{s}')"  # noqa: S608 (constants)
+    f"{s} = x.{s} + (SELECT COALESCE(sum(n), 0) FROM outcomes WHERE status = '{s}')"  # noqa: S608 (constants)
     for s in FINAL
 )
 _PER_PLATFORM = (
-    # {platform: {outcome: n}} plus the final rows written, by platform and status.
+    # {platform: {outcome: n}} plus the final rows written, by platform and status (a late answer's
+    # row taken from unknown); an outcome that comes to 0 is left out, as a recount leaves it.
     "(SELECT COALESCE(jsonb_object_agg(p, o), '{}'::jsonb) FROM (SELECT p, jsonb_object_agg(k, n) AS o FROM ("
     "SELECT p, k, sum(n) AS n FROM ("
     "SELECT e.key AS p, i.key AS k, i.value::bigint AS n "
     "FROM jsonb_each(COALESCE(x.by_platform, '{}'::jsonb)) AS e CROSS JOIN LATERAL jsonb_each_text(e.value) AS i "
-    "UNION ALL SELECT platform, status, count(*) FROM written WHERE status <> 'queued' GROUP BY 1, 2"
-    ") AS s GROUP BY p, k) AS t GROUP BY p) AS u)"
+    "UNION ALL SELECT platform, status, sum(n) FROM outcomes WHERE status <> 'queued' GROUP BY 1, 2"
+    ") AS s GROUP BY p, k HAVING sum(n) <> 0) AS t GROUP BY p) AS u)"
 )
 _RETRIES = _json_counts_add("x.retries", "SELECT reason, count(*) FROM written WHERE status = 'queued' GROUP BY 1")
+_ROW = "d.id, d.dispatch_id, d.device_id, d.variant, d.status, d.reason, d.finished_at, d.queued_at, v.platform"
 
 # The whole write-back as one statement, alone in its transaction: one round trip.
 # - the outcomes travel as one JSON array of [id, status, reason, provider id, next attempt,
-#   platform]: encoded in C, where psycopg adapts a list parameter value by value in Python
+#   platform, claim]: encoded in C, where psycopg adapts a list parameter value by value in Python
 #   (six lists of a 2,000-row batch: 13.7 ms of the worker's CPU, against 0.8 ms as JSON);
 # - the rows are found by their ids as an array (an index condition), not by the join alone: a
 #   plan made while the statistics say the table is empty (a vacuum of an emptied table, until
 #   the next analyze) read every row of the table through the primary key for each batch;
 # - `held` locks the dispatch row first: every row written below is joined to it, so no delivery
-#   row is touched before the lock is taken (the order a stop takes them in too);
+#   row is touched before the lock is taken (the order a stop and the watchdog take them in too);
 # - a queued retry of a dispatch that is no longer sending becomes skipped / stopped;
+# - `late`: a row the watchdog ended unknown (lease_expired) while the provider held it takes the
+#   answer of the claim that sent it (the same attempts), its retry failing (LATE_RETRY); looked
+#   up only for rows `written` did not find, once it found fewer than it was given (on the usual
+#   path two counts of rows in memory, then an empty array: no probe of the table). It keeps its
+#   finished_at, so the rollup's row it leaves is the one the watchdog counted it in;
 # - the commit need not wait for the disk (set_config(..., true) is SET LOCAL): an outcome lost
 #   with the server (the last moments before a crash of PostgreSQL itself) leaves its row
 #   `sending`, and it ends `unknown` when its lease runs out, never sent again. The claim's
 #   commit does wait. Inside a caller's transaction, its setting is left as it is;
-# - the rows' final statuses are counted into the rollup and into the dispatch's counters.
+# - `outcomes`: the rows' final statuses, a late row's also taken from unknown (n = -1), counted
+#   into the rollup and into the dispatch's counters.
 _WRITE_BACK_SQL = (
     "WITH held AS MATERIALIZED (SELECT id, status <> 'sending' AS closed FROM delivery_dispatch "  # noqa: S608 (constants; values are bound)
     "WHERE id = %s FOR NO KEY UPDATE), "
     "commit_mode AS MATERIALIZED (SELECT set_config('synchronous_commit', "
     "CASE WHEN %s THEN 'off' ELSE current_setting('synchronous_commit') END, true) AS setting), "
-    "v AS (SELECT r.id, r.platform, "
+    "v AS (SELECT r.id, r.platform, r.claim, r.status AS asked, r.reason AS said, "
     "CASE WHEN held.closed AND r.status = 'queued' THEN 'skipped' ELSE r.status END AS status, "
     "CASE WHEN held.closed AND r.status = 'queued' THEN 'stopped' ELSE r.reason END AS reason, "
     "CASE WHEN held.closed AND r.status = 'queued' THEN '' ELSE r.pid END AS pid, "
     "CASE WHEN held.closed AND r.status = 'queued' THEN NULL ELSE r.next_at END AS next_at "
     "FROM held CROSS JOIN (SELECT (e->>0)::bigint AS id, e->>1 AS status, e->>2 AS reason, e->>3 AS pid, "
-    "(e->>4)::timestamptz AS next_at, e->>5 AS platform FROM jsonb_array_elements(%s::jsonb) AS e) AS r), "
+    "(e->>4)::timestamptz AS next_at, e->>5 AS platform, (e->>6)::integer AS claim "
+    "FROM jsonb_array_elements(%s::jsonb) AS e) AS r), "
     "written AS (UPDATE delivery_delivery d SET status = v.status, reason = v.reason, "
     "provider_message_id = v.pid, next_attempt_at = v.next_at, "
     "finished_at = CASE WHEN v.status = 'queued' THEN NULL ELSE %s END, lease_expires_at = NULL "
     "FROM v WHERE d.id = ANY(ARRAY(SELECT id FROM v)) AND d.id = v.id AND d.status = 'sending' "
-    "RETURNING d.id, d.dispatch_id, d.device_id, d.variant, d.status, d.reason, d.finished_at, d.queued_at, "
-    "v.platform), "
-    f"counted AS ({rollup_insert_sql(where='true', outcomes=['final'], source='written d')}), "
+    f"RETURNING {_ROW}), "
+    "late AS (UPDATE delivery_delivery d SET "
+    "status = CASE WHEN v.asked = 'queued' THEN 'failed' ELSE v.asked END, "
+    f"reason = CASE WHEN v.asked = 'queued' THEN left(v.said || '{LATE_RETRY}', 100) ELSE v.said END, "
+    "provider_message_id = v.pid "
+    "FROM v WHERE d.id = ANY(ARRAY(SELECT id FROM v WHERE (SELECT count(*) FROM written) < (SELECT count(*) FROM v) "
+    "AND claim IS NOT NULL AND id NOT IN (SELECT id FROM written))) "
+    "AND d.id = v.id AND d.status = 'unknown' AND d.reason = 'lease_expired' AND d.attempts = v.claim "
+    f"RETURNING {_ROW}), "
+    "outcomes AS (SELECT *, 1 AS n FROM written UNION ALL SELECT *, 1 FROM late "
+    "UNION ALL SELECT id, dispatch_id, device_id, variant, 'unknown', 'lease_expired', finished_at, queued_at, "
+    "platform, -1 FROM late), "
+    f"counted AS ({rollup_insert_sql(where='true', outcomes=['final'], source='outcomes d', rows='SUM(d.n)')}), "
     f"moved AS (UPDATE delivery_dispatch x SET {_FINAL_COLUMNS}, "
-    "by_platform = CASE WHEN EXISTS (SELECT 1 FROM written WHERE status <> 'queued') "
+    "by_platform = CASE WHEN EXISTS (SELECT 1 FROM outcomes WHERE status <> 'queued') "
     f"THEN {_PER_PLATFORM} ELSE x.by_platform END, "
     "retries = CASE WHEN EXISTS (SELECT 1 FROM written WHERE status = 'queued') "
     f"THEN {_RETRIES} ELSE x.retries END "
-    "FROM held WHERE x.id = held.id AND EXISTS (SELECT 1 FROM written)) "
-    "SELECT status, reason FROM written UNION ALL SELECT NULL, setting FROM commit_mode CROSS JOIN held"
+    "FROM held WHERE x.id = held.id AND EXISTS (SELECT 1 FROM outcomes)) "
+    "SELECT status, '' FROM written UNION ALL SELECT status, 'late' FROM late "
+    "UNION ALL SELECT NULL, setting FROM commit_mode CROSS JOIN held"
 )
 
 
-def _write_back_one_statement(dispatch_id: int, results: list[Result], *, now: datetime, platforms) -> Counter:
+def _write_back_one_statement(
+    dispatch_id: int, results: list[Result], *, now: datetime, platforms, claims: dict[int, int]
+) -> Counter:
     from config.db import prepared_cursor
 
     outcomes = [
@@ -438,6 +533,7 @@ def _write_back_one_statement(dispatch_id: int, results: list[Result], *, now: d
             r.provider_id[:200],
             None if r.next_attempt_at is None else r.next_attempt_at.isoformat(),
             platforms.get(r.id) or NO_PLATFORM,
+            claims.get(r.id),
         )
         for r in results
     ]
@@ -446,14 +542,19 @@ def _write_back_one_statement(dispatch_id: int, results: list[Result], *, now: d
         cursor.execute(_WRITE_BACK_SQL, params)
         fetched = cursor.fetchall()
     written: Counter = Counter()
+    late: Counter = Counter()
     held = False
-    for status, _ in fetched:
+    for status, said in fetched:
         if status is None:
             held = True  # the marker row: the dispatch was there
         else:
             written[status] += 1
+            if said == "late":
+                late[status] += 1
     if not held:
         raise Dispatch.DoesNotExist(f"dispatch {dispatch_id} is gone: its outcomes were not written")
+    if late:
+        _late_said(dispatch_id, late)
     return written
 
 

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -764,8 +764,10 @@ def deliveries_expire_leases(*, now: datetime | None = None) -> int:
 
     Leases are judged by the database's clock (``now`` only for tests), the one that stamped
     them: a worker's clock running ahead cannot expire rows another worker is sending. Each
-    dispatch's row is held first, in the order write-back takes its locks. Also finishes the
-    dispatches this completes.
+    dispatch's row is held first, in the order write-back takes its locks, and its counters,
+    per platform too, are counted again from its rollup: the answers that may still come for
+    these rows (a slow worker's, ``deliveries_write_back``) move them from ``unknown`` there.
+    Also finishes the dispatches this completes.
     """
     deadline = now if now is not None else Now()
     expired = list(
@@ -785,7 +787,7 @@ def deliveries_expire_leases(*, now: datetime | None = None) -> int:
                 status=DS.UNKNOWN,
                 reason="lease_expired",
             )
-            Dispatch.objects.filter(pk=dispatch_id).update(unknown=F("unknown") + changed)
+            dispatch_recount(dispatch_id=dispatch_id)
         total += changed
         dispatch_complete_if_done(dispatch_id=dispatch_id)
     return total

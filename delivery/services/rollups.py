@@ -7,6 +7,7 @@ Each function adds to the rollup what one change to some deliveries did, grouped
   ``rollup_add_appended``: rows just made (a dispatch resolved, a stream's call appended):
   targeted, and those made final already (skipped);
 - ``rollup_add_finished``: rows that just became final (written back, stopped, expired, voided);
+- ``rollup_take_finished``: final rows about to change their outcome (a late answer);
 - ``rollup_add_opened``: rows just opened;
 - ``rollup_rebuild``: a dispatch's rollup counted again from its rows (the migration's backfill).
 
@@ -49,8 +50,9 @@ def _period(column: str) -> str:
     return f"substr({column}, 1, 14) || substr('0' || ({minute}), -2) || ':00'"
 
 
-def _part(outcome: str, *, source: str = "delivery_delivery d", shard: str = "0") -> str:
-    """One grouped SELECT of the rows under ``{where}``: targeted, their final statuses, or opens."""
+def _part(outcome: str, *, source: str = "delivery_delivery d", shard: str = "0", rows: str = "COUNT(*)") -> str:
+    """One grouped SELECT of the rows under ``{where}``: targeted, their final statuses, or opens,
+    each group counting ``rows`` (SQL)."""
     if outcome == "targeted":
         period, name, reason, only = _period(_MADE), "'targeted'", "''", ""
     elif outcome == "final":
@@ -61,7 +63,7 @@ def _part(outcome: str, *, source: str = "delivery_delivery d", shard: str = "0"
     return (
         f"SELECT d.dispatch_id, {period} AS period, COALESCE(dev.platform, 'none') AS platform, "  # noqa: S608 (constants)
         f"COALESCE(d.variant, {DeliveryRollup.NO_VARIANT}) AS variant, {name} AS outcome, {reason} AS reason, "
-        f"{shard} AS shard, COUNT(*) AS n "
+        f"{shard} AS shard, {rows} AS n "
         f"FROM {source} JOIN delivery_dispatch x ON x.id = d.dispatch_id "
         "LEFT JOIN delivery_device dev ON dev.id = d.device_id "
         f"WHERE {{where}}{only} GROUP BY 1, 2, 3, 4, 5, 6, 7"
@@ -75,12 +77,14 @@ def rollup_insert_sql(
     source: str = "delivery_delivery d",
     shard: str = "0",
     returning: str = "",
+    rows: str = "COUNT(*)",
 ) -> str:
     """The statement adding to the rollup what the rows of ``source`` (aliased ``d``) under
     ``where`` count as ``outcomes`` (``targeted``, ``final``, ``opened``); its parameters are
     ``where``'s, once per outcome. ``source`` may be a data-modifying CTE's name (``"ins d"``) to
-    count rows in the statement that writes them; ``shard`` (SQL) the shard they go to."""
-    parts = [_part(outcome, source=source, shard=shard).replace("{where}", where) for outcome in outcomes]
+    count rows in the statement that writes them; ``shard`` (SQL) the shard they go to; ``rows``
+    (SQL) what each group adds, ``SUM(d.n)`` for a source whose rows say it (-1 takes one away)."""
+    parts = [_part(outcome, source=source, shard=shard, rows=rows).replace("{where}", where) for outcome in outcomes]
     return (
         f"INSERT INTO {_TABLE} ({_KEY}, rows) "  # noqa: S608 (constants; values are bound)
         f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS u WHERE true "
@@ -88,10 +92,10 @@ def rollup_insert_sql(
     )
 
 
-def _add(*, where: str, params: list, outcomes: Iterable[str]) -> None:
+def _add(*, where: str, params: list, outcomes: Iterable[str], rows: str = "COUNT(*)") -> None:
     outcomes = list(outcomes)
     with connection.cursor() as cursor:
-        cursor.execute(rollup_insert_sql(where=where, outcomes=outcomes), params * len(outcomes))
+        cursor.execute(rollup_insert_sql(where=where, outcomes=outcomes, rows=rows), params * len(outcomes))
 
 
 def _ids_where(ids: list[int]) -> tuple[str, list]:
@@ -182,6 +186,14 @@ def rollup_add_finished(*, ids: list[int]) -> None:
     if ids:
         where, params = _ids_where(ids)
         _add(where=where, params=params, outcomes=("final",))
+
+
+def rollup_take_finished(*, ids: list[int]) -> None:
+    """Take away what rows count as now (those of ``ids`` that are final), before they change
+    their final status (a late answer, ``deliveries_write_back``). In the transaction that writes them."""
+    if ids:
+        where, params = _ids_where(ids)
+        _add(where=where, params=params, outcomes=("final",), rows="-COUNT(*)")
 
 
 def rollup_add_opened(*, ids: list[int]) -> None:

@@ -172,6 +172,7 @@ class _Batch:
     results: list[Result]
     expires: dict[int, datetime]  # row id -> its expiry: no retry after it
     platforms: dict[int, str] = field(default_factory=dict)  # row id -> its device's platform
+    claims: dict[int, int] = field(default_factory=dict)  # row id -> its attempts: the claim that sent it
     futures: dict = field(default_factory=dict)
 
 
@@ -212,6 +213,7 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
     own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS)) or any(r.context for r in rows)
     contents = _Contents(dispatch, own_contexts, now)
     batch.platforms = {row.id: row.platform or NO_PLATFORM for row in rows}
+    batch.claims = {row.id: row.attempts for row in rows}
     uses_simulator = dispatch.app.uses_simulator
     for row in rows:
         if not row.token:
@@ -295,7 +297,7 @@ def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None
                 credentials[platform] = outcome.reason
             else:
                 results.append(_retry_or_fail(row, outcome, now=now, deadline=batch.expires[row.id]))
-    written = deliveries_write_back(dispatch.pk, results, now=now, platforms=batch.platforms)
+    written = deliveries_write_back(dispatch.pk, results, now=now, platforms=batch.platforms, claims=batch.claims)
     if log.isEnabledFor(logging.INFO):  # its words cost more than the check, per batch
         said, reasons = _reasons_said(results)
         log.info(

@@ -1,6 +1,7 @@
 """Every send accounted for, whatever the order of what happens to it: a few dispatches walked
 through random claims, outcomes written back (accepted, failed, unknown, retried), leases running
-out under rows in flight, outcomes arriving after that, stops, completions and opens.
+out under rows in flight, outcomes arriving after that (landing: the worker was slow), stops,
+completions and opens.
 
 After every step, each dispatch's counters and its rollup are what a count of its rows says, and
 no row is claimed again unless a retry put it back in the queue (a row whose lease ran out, or
@@ -108,16 +109,22 @@ class Walk:
                 reason = {"accepted": "", "failed": "Unregistered", "unknown": "timeout"}[kind]
                 results.append(Result(row.id, kind, reason=reason, provider_id=f"p-{row.id}" if reason == "" else ""))
         platforms = {row.id: row.platform for row in answered}
+        claims = {row.id: row.attempts for row in answered}
         ids = [r.id for r in results]
-        before = dict(Delivery.objects.filter(pk__in=ids).values_list("pk", "status"))
+        before = {
+            pk: (status, reason)
+            for pk, status, reason in Delivery.objects.filter(pk__in=ids).values_list("pk", "status", "reason")
+        }
         closed = Dispatch.objects.get(pk=dispatch_id).status != Dispatch.Status.SENDING
-        written = deliveries_write_back(dispatch_id, results, now=self.clock, platforms=platforms)
+        written = deliveries_write_back(dispatch_id, results, now=self.clock, platforms=platforms, claims=claims)
         after = dict(Delivery.objects.filter(pk__in=ids).values_list("pk", "status"))
         for r in results:
-            # A row still in flight takes its outcome (a retry of a stopped send ends skipped);
-            # one whose lease ran out, or that a stop finished, keeps what it has.
-            if before[r.id] != "sending":
-                assert after[r.id] == before[r.id], (r, before[r.id], after[r.id])
+            # A row still in flight takes its outcome (a retry of a stopped send ends skipped), and
+            # so does one whose lease ran out meanwhile (a retry fails: it is never sent again).
+            if before[r.id] == ("unknown", "lease_expired"):
+                assert after[r.id] == ("failed" if r.status == "queued" else r.status), (r, after[r.id])
+            elif before[r.id][0] != "sending":
+                assert after[r.id] == before[r.id][0], (r, before[r.id], after[r.id])
             elif r.status == "queued":
                 assert after[r.id] == ("skipped" if closed else "queued"), (r, after[r.id])
                 self.requeued[r.id] += after[r.id] == "queued"
@@ -126,8 +133,8 @@ class Walk:
         return f"write back {[(r.id, r.status) for r in results]} to {dispatch_id}: {dict(written)}"
 
     def expire(self) -> str:
-        """The leases of every row in flight run out (a worker died): they end ``unknown``; their
-        outcomes may still arrive, and must change nothing."""
+        """The leases of every row in flight run out (a worker was slow): they end ``unknown``;
+        their outcomes may still arrive, and land from the claim that sent them."""
         return f"expired {deliveries_expire_leases(now=self._leases_over())}"
 
     def _leases_over(self) -> dt.datetime:

@@ -426,6 +426,127 @@ def test_rows_of_a_dead_worker_become_unknown_after_the_lease_and_are_never_rese
     assert (dispatch.accepted, dispatch.unknown) == (2, 2)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_answers_of_a_slow_worker_land_on_the_rows_its_lease_left_unknown_and_none_is_sent_again(
+    pushsim_app, pushsim, open_gate, settings
+):
+    """A worker slow, not dead: its lease runs out while the provider holds its requests, and the
+    watchdog ends the rows ``unknown``. The answers that come after are what the rows, the
+    dispatch's counters and the rollup say: accepted with its id, failed with its reason, a retry
+    failed (never sent again)."""
+    from tests.delivery.test_rollups import assert_rollup_is_the_count
+
+    settings.PUSHDESK_SEND_LEASE_SECONDS = 1
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(4)
+    devices = [
+        DeviceFactory(profile=p, app=pushsim_app, platform=platform)
+        for p, platform in zip(profiles, ("ios", "android", "android", "ios"), strict=True)
+    ]
+    pushsim.state.fail_token(token=devices[2].token, failures=[(400, "INVALID_ARGUMENT")])
+    pushsim.state.fail_token(token=devices[3].token, failures=[503])
+    pushsim.state.faults.latency_ms = 2500
+
+    def send_in_a_worker() -> None:
+        try:
+            dispatch_create(
+                app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+            )
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=send_in_a_worker)
+    try:
+        worker.start()
+        # The simulator counts what reaches a phone: the two refused ones (400, 503) never do.
+        sent = [1, 1, 0, 0]
+        assert eventually(lambda: [pushsim.state.count(d.token) for d in devices] == sent), "never sent"
+        dispatch = Dispatch.objects.get()
+        rows = Delivery.objects.filter(dispatch=dispatch)
+        time.sleep(1.2)  # the lease runs out, the answers still on their way
+        assert deliveries_expire_leases() == 4  # the watchdog, by the database's clock
+        assert set(rows.values_list("status", "reason")) == {("unknown", "lease_expired")}
+        worker.join(timeout=30)
+    finally:
+        pushsim.state.faults.latency_ms = 0
+    assert not worker.is_alive()
+
+    by_device = {row.device_id: row for row in rows}
+    landed = [(by_device[d.pk].status, by_device[d.pk].reason) for d in devices]
+    assert landed == [
+        ("accepted", ""),
+        ("accepted", ""),
+        ("failed", "INVALID_ARGUMENT"),
+        ("failed", "ServiceUnavailable (lease over before a retry)"),
+    ]
+    assert all(by_device[d.pk].provider_message_id for d in devices[:2])
+    dispatch.refresh_from_db()
+    assert (dispatch.accepted, dispatch.failed, dispatch.unknown) == (2, 2, 0)
+    assert dispatch.by_platform == {"ios": {"accepted": 1, "failed": 1}, "android": {"accepted": 1, "failed": 1}}
+    assert_rollup_is_the_count(dispatch)
+    dispatch_send(dispatch_id=dispatch.pk)  # a sender coming by sends nothing again
+    assert [pushsim.state.count(d.token) for d in devices] == sent
+
+
+@pytest.mark.embedded
+def test_a_late_answer_lands_only_from_the_claim_the_watchdog_took_the_row_from(
+    pushsim_app, open_gate, django_capture_on_commit_callbacks
+):
+    """Over a row the watchdog ended ``unknown``, only the claim that held it writes its answer:
+    not an earlier claim of the row (a retry claimed it again since), not a write-back naming no
+    claim; and nothing writes over a row ended ``unknown`` otherwise (a timeout)."""
+    from tests.delivery.test_rollups import assert_rollup_is_the_count
+
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(4)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+    now = timezone.now()
+    first = deliveries_claim(dispatch.pk, limit=3, now=now)
+    claims = {row.id: row.attempts for row in first}
+    retried, timed_out, slow = first
+    deliveries_write_back(
+        dispatch.pk,
+        [
+            Result(retried.id, "queued", reason="QUOTA_EXCEEDED", next_attempt_at=now),
+            Result(timed_out.id, "unknown", reason="transport:timeout (may have been delivered)"),
+        ],
+        now=now,
+        claims=claims,
+    )
+    [again] = deliveries_claim(dispatch.pk, limit=1, now=now + dt.timedelta(seconds=1))
+    assert (again.id, again.attempts) == (retried.id, 2)
+    assert deliveries_expire_leases(now=timezone.now() + dt.timedelta(hours=1)) == 2  # the fourth row waits
+
+    android = {row.id: "android" for row in first}
+    late = [Result(row.id, "accepted", provider_id=f"late-{row.id}") for row in first]
+    written = deliveries_write_back(dispatch.pk, late, now=now, platforms=android, claims=claims)
+    assert written == {"accepted": 1}  # the slow row's: the retried one was claimed again since
+    assert not deliveries_write_back(dispatch.pk, [Result(again.id, "accepted")], now=now, platforms=android)
+    written = deliveries_write_back(
+        dispatch.pk,
+        [Result(again.id, "failed", reason="UNREGISTERED")],
+        now=now,
+        platforms=android,
+        claims={again.id: again.attempts},
+    )
+    assert written == {"failed": 1}
+
+    rows = {row.pk: row for row in Delivery.objects.filter(dispatch=dispatch)}
+    assert (rows[slow.id].status, rows[slow.id].provider_message_id) == ("accepted", f"late-{slow.id}")
+    assert (rows[again.id].status, rows[again.id].reason) == ("failed", "UNREGISTERED")
+    assert (rows[timed_out.id].status, rows[timed_out.id].provider_message_id) == ("unknown", "")
+    dispatch.refresh_from_db()
+    assert (dispatch.status, dispatch.accepted, dispatch.failed, dispatch.unknown) == ("sending", 1, 1, 1)
+    assert dispatch.by_platform == {"android": {"accepted": 1, "failed": 1, "unknown": 1}}
+    assert_rollup_is_the_count(dispatch)
+
+
 def test_dispatch_without_a_gate_for_its_kind_is_refused(pushsim_app):
     content = PushContentFactory(app=pushsim_app)
     with pytest.raises(GateClosed):
