@@ -480,6 +480,7 @@ def action_asked_again(
         **model_admin.admin_site.each_context(request),
         "opts": opts,
         "title": f"{verb} {name}?",
+        "crumb": f"{verb} {name}",  # "Send a test of push content": a verb ending in "of" or "for" says its object
         "question": f"{verb} {count:,} {name}? This cannot be undone.",
         "verb": verb,
         "action": action,

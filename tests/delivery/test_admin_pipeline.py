@@ -122,6 +122,9 @@ def test_test_send_action_creates_a_test_dispatch(client, manager_alice, app, dj
     DeviceFactory(app=app, is_test=True)
     asked = _send_test(client, [content.pk])  # asked first: nothing sent yet
     assert "Send a test of 1 push content?" in asked.content.decode() and not Dispatch.objects.exists()
+    # Its breadcrumbs end with what is asked, not a verb cut at "of".
+    crumbs = re.search(r'<div class="breadcrumbs">(.*?)</div>', asked.content.decode(), re.S).group(1)
+    assert crumbs.rstrip().endswith("&rsaquo; Send a test of push content"), crumbs
     with django_capture_on_commit_callbacks(execute=False):
         response = _send_test(client, [content.pk], post="yes")
     assert response.redirect_chain[0][1] == 302
