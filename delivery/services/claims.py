@@ -24,7 +24,7 @@ from accounts.json_values import json_compact
 from audiences.models import Profile
 from delivery.models import Delivery, Device, Dispatch
 from delivery.rules import QuietAtClaim
-from delivery.services.dispatches import DS, NO_PLATFORM, _dt, platform_counts_add
+from delivery.services.dispatches import DS, NO_PLATFORM, _dt, dispatch_accepted_late, platform_counts_add
 from delivery.services.rollups import FINAL, rollup_add_finished, rollup_insert_sql, rollup_take_finished
 
 log = logging.getLogger(__name__)
@@ -399,7 +399,7 @@ def deliveries_write_back(
         if changes:
             Dispatch.objects.filter(pk=dispatch_id).update(**changes)
     if late:
-        _late_said(dispatch_id, Counter(r.status for r in late))
+        _late_landed(dispatch_id, Counter(r.status for r in late))
     return written
 
 
@@ -420,9 +420,12 @@ def _late_answers(answers: list[Result], claims: dict[int, int]) -> list[Result]
     ]
 
 
-def _late_said(dispatch_id: int, late: Counter) -> None:
-    """The log line of answers that came after their rows' lease ran out, for the operator who saw
-    them ``unknown``."""
+def _late_landed(dispatch_id: int, late: Counter) -> None:
+    """After answers that came once their rows' lease had run out were written: a log line for the
+    operator who saw them ``unknown``, and a dispatch the watchdog finished ``failed`` for having
+    none accepted judged again when some were."""
+    if late[DS.ACCEPTED]:
+        dispatch_accepted_late(dispatch_id=dispatch_id)
     log.warning(
         "dispatch %s: %s answered after the watchdog had ended them unknown (their lease ran out): %s",
         dispatch_id,
@@ -554,7 +557,7 @@ def _write_back_one_statement(
     if not held:
         raise Dispatch.DoesNotExist(f"dispatch {dispatch_id} is gone: its outcomes were not written")
     if late:
-        _late_said(dispatch_id, late)
+        _late_landed(dispatch_id, late)
     return written
 
 

@@ -725,6 +725,10 @@ def _rollup_counts(dispatch_ids) -> dict[int, dict]:
     }
 
 
+# Why a dispatch ended failed: it had rows to send and the provider accepted none of them.
+NONE_ACCEPTED = "The provider accepted none of its pushes."
+
+
 def dispatch_complete_if_done(*, dispatch_id: int) -> bool:
     """Finish a sending dispatch once no row is queued or in flight; True when it is final.
 
@@ -745,7 +749,7 @@ def dispatch_complete_if_done(*, dispatch_id: int) -> bool:
             dispatch = dispatch_recount(dispatch_id=dispatch_id)
             failed = dispatch.accepted == 0 and dispatch.failed + dispatch.unknown > 0
             dispatch.status = Dispatch.Status.FAILED if failed else Dispatch.Status.DONE
-            dispatch.error = "The provider accepted none of its pushes." if failed else dispatch.error
+            dispatch.error = NONE_ACCEPTED if failed else dispatch.error
             dispatch.finished_at = timezone.now()
             dispatch.save(update_fields=["status", "error", "finished_at"])
             audit(
@@ -756,6 +760,36 @@ def dispatch_complete_if_done(*, dispatch_id: int) -> bool:
             )
     if Dispatch.objects.filter(pk=dispatch_id, status=Dispatch.Status.STOPPED).exists():
         dispatch_recount(dispatch_id=dispatch_id)
+    return True
+
+
+def dispatch_accepted_late(*, dispatch_id: int) -> bool:
+    """Judge again a dispatch that ended ``failed`` for having none accepted, now that answers
+    which came after their rows' lease ran out were accepted (``deliveries_write_back``): it is
+    ``done``, as it would have ended had they come in time, and the audit log says so. Locks the
+    dispatch; True when it changed."""
+    with transaction.atomic():
+        dispatch = Dispatch.objects.select_for_update().filter(pk=dispatch_id).first()
+        if (
+            dispatch is None
+            or dispatch.status != Dispatch.Status.FAILED
+            or dispatch.error != NONE_ACCEPTED
+            or not dispatch.accepted
+        ):
+            return False
+        dispatch.status, dispatch.error = Dispatch.Status.DONE, ""
+        dispatch.save(update_fields=["status", "error"])
+        audit(
+            actor=None,
+            action="dispatch_done",
+            obj=dispatch,
+            summary={
+                "accepted": dispatch.accepted,
+                "failed": dispatch.failed,
+                "unknown": dispatch.unknown,
+                "answered_late": True,
+            },
+        )
     return True
 
 

@@ -434,6 +434,7 @@ def test_the_answers_of_a_slow_worker_land_on_the_rows_its_lease_left_unknown_an
     watchdog ends the rows ``unknown``. The answers that come after are what the rows, the
     dispatch's counters and the rollup say: accepted with its id, failed with its reason, a retry
     failed (never sent again)."""
+    from accounts.models import AuditEvent
     from tests.delivery.test_rollups import assert_rollup_is_the_count
 
     settings.PUSHDESK_SEND_LEASE_SECONDS = 1
@@ -484,6 +485,13 @@ def test_the_answers_of_a_slow_worker_land_on_the_rows_its_lease_left_unknown_an
     assert (dispatch.accepted, dispatch.failed, dispatch.unknown) == (2, 2, 0)
     assert dispatch.by_platform == {"ios": {"accepted": 1, "failed": 1}, "android": {"accepted": 1, "failed": 1}}
     assert_rollup_is_the_count(dispatch)
+    # The watchdog finished it failed, none of its rows accepted then; two were.
+    assert (dispatch.status, dispatch.error) == ("done", "")
+    said = AuditEvent.objects.filter(object_id=str(dispatch.pk), action__in=("dispatch_failed", "dispatch_done"))
+    assert list(said.order_by("pk").values_list("action", "summary__answered_late")) == [
+        ("dispatch_failed", None),
+        ("dispatch_done", True),
+    ]
     dispatch_send(dispatch_id=dispatch.pk)  # a sender coming by sends nothing again
     assert [pushsim.state.count(d.token) for d in devices] == sent
 
