@@ -3,6 +3,7 @@
 import contextlib
 import contextvars
 import secrets
+from collections.abc import Iterable
 from datetime import datetime
 
 from django.apps import apps as django_apps
@@ -17,6 +18,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 
 from accounts.json_values import json_text_problem
 from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
+from accounts.roles import ROLES
 from accounts.selectors import (
     access_perm,
     approval_policies_active,
@@ -181,6 +183,43 @@ def group_delete(*, group_id: int, by: User) -> None:
         ):
             audit(actor=by, action="group_deleted", obj=group, summary={"name": name})
             group.delete()
+
+
+def team_members_set(*, group_id: int, members: Iterable[User], by: User) -> tuple[list[str], list[str]]:
+    """Make ``members`` the members of a team (a group that is no role): those added gain what the
+    team was granted (its object access, its place among approval policies' approvers), those taken
+    out lose it. Audited as ``team_members_changed`` (the usernames added and taken out), nothing
+    when no one is. Returns the usernames added and taken out.
+
+    Raises PermissionDenied when ``by`` may not change groups; ValidationError when the group is a
+    role (a role's members are set on users' pages), and, changing nothing, when taking members out
+    would leave an active approval policy with no approver who may decide its requests
+    (``approval_policies_kept_decidable``), naming it and what to change first. The additions are
+    made first, so a policy's only approver replaced by another in one call is no refusal.
+    """
+    if not by.has_perm("auth.change_group"):
+        raise PermissionDenied("Only an Administrator changes a team's members.")
+    with transaction.atomic():
+        group = Group.objects.select_for_update().get(pk=group_id)
+        if group.name in ROLES:
+            raise ValidationError(f"{group.name} is a role: its members are given it on their own pages.")
+        held, wanted = set(group.user_set.all()), set(members)
+        added = sorted(wanted - held, key=lambda user: user.get_username())
+        removed = sorted(held - wanted, key=lambda user: user.get_username())
+        if not added and not removed:
+            return [], []
+        group.user_set.add(*added)
+        if removed:
+            names = ", ".join(user.get_username() for user in removed)
+            with approval_policies_kept_decidable(
+                doing=f"Taking {names} out of the team {group.name}",
+                fix=POLICY_DECIDER_FIX,
+                undone="the members were not changed",
+            ):
+                group.user_set.remove(*removed)
+        summary = {"added": [u.get_username() for u in added], "removed": [u.get_username() for u in removed]}
+        audit(actor=by, action="team_members_changed", obj=group, summary=summary)
+    return summary["added"], summary["removed"]
 
 
 def _active_policy_problems(app: models.Model | None = None) -> dict[ApprovalPolicy, list[str]]:

@@ -1,22 +1,25 @@
 """The admin of users and roles (groups)."""
 
+from django import forms
 from django.apps import apps as django_apps
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
+from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import UserChangeForm as DjangoUserChangeForm
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import router, transaction
+from django.db.models import Q
 from django.http import Http404, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 
-from accounts.admin.bases import AccessAdmin, row_id
+from accounts.admin.bases import AccessAdmin, RowsChoiceField, row_id
 from accounts.models import User
 from accounts.roles import ROLES, role_capabilities
 from accounts.selectors import (
@@ -31,6 +34,7 @@ from accounts.services import (
     approval_policies_kept_decidable,
     audit,
     group_delete,
+    team_members_set,
     user_delete,
     user_roles_given,
 )
@@ -330,14 +334,57 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
 admin.site.unregister(Group)
 
 
+class GroupForm(forms.ModelForm):
+    """The group page's form. A team's (a group that is no role) members are set here, among the
+    active users with a role and the team's own members; a role's are set on users' pages (the role
+    page shows its members read-only, the field taken from its form)."""
+
+    members = RowsChoiceField(
+        queryset=User.objects.none(),
+        required=False,
+        widget=FilteredSelectMultiple("members", is_stacked=False),
+        help_text="The team's members: each gets what the team was granted, and decides for the approval "
+        "policies naming it as their role allows.",
+    )
+
+    class Meta:
+        model = Group
+        fields = ("name", "permissions")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "members" in self.fields:
+            held = User.objects.filter(groups=self.instance) if self.instance.pk is not None else User.objects.none()
+            with_role = User.objects.filter(is_active=True, groups__name__in=ROLES)
+            self.fields["members"].queryset = User.objects.filter(
+                Q(pk__in=with_role.values("pk")) | Q(pk__in=held.values("pk"))
+            ).order_by("username")
+            self.initial["members"] = list(held.values_list("pk", flat=True))
+
+
 @admin.register(Group)
 class GroupAdmin(AccessAdmin, DjangoGroupAdmin):
-    """Groups are roles or teams; a role's permissions come from the roles table in code."""
+    """Groups are roles or teams; a role's permissions come from the roles table in code, its members
+    are set on users' pages; a team's members are set on its page (``team_members_set``)."""
+
+    form = GroupForm
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.name in ROLES:
-            return ("name", "permissions")
+            return ("name", "permissions", "members")
         return ()
+
+    @admin.display(description="Members")
+    def members(self, obj):
+        """A role's members, read-only: the users list of those holding it."""
+        count = obj.user_set.count()
+        url = reverse("admin:accounts_user_changelist") + f"?groups__id__exact={obj.pk}"
+        return format_html(
+            '<a href="{}">{} user{}</a> (a role is given on each user\'s page, under Role)',
+            url,
+            count,
+            pluralize(count),
+        )
 
     def _changeform_view(self, request, object_id, form_url, extra_context):
         # New permissions that would leave an active approval policy with no one to decide (its
@@ -359,6 +406,16 @@ class GroupAdmin(AccessAdmin, DjangoGroupAdmin):
                 super().save_related(request, form, formsets, change)
         else:
             super().save_related(request, form, formsets, change)
+        if not change and "members" in form.changed_data:
+            team_members_set(group_id=form.instance.pk, members=form.cleaned_data["members"], by=request.user)
+
+    def save_model(self, request, obj, form, change):
+        if change and "members" in form.changed_data:
+            # Set before a rename, so a refusal names the team as it is. A removal that would leave
+            # an active approval policy with no one to decide raises ValidationError: the whole
+            # save is refused (``_changeform_view``).
+            team_members_set(group_id=obj.pk, members=form.cleaned_data["members"], by=request.user)
+        super().save_model(request, obj, form, change)
 
     def delete_model(self, request, obj):
         group_delete(group_id=obj.pk, by=request.user)

@@ -1,5 +1,5 @@
 """The user page: its app access rows, who may change an account, and a superuser's out of others' reach;
-the group page's deletions, and what neither may take from an approval policy."""
+the group page's deletions and a team's members, and what neither may take from an approval policy."""
 
 import html
 
@@ -634,16 +634,203 @@ def test_taking_from_a_group_the_permissions_a_policy_s_only_approver_decides_by
     before = sorted(deciders.permissions.values_list("pk", flat=True))
     url = f"/admin/auth/group/{deciders.pk}/change/"
     client.force_login(viewer_carol)
-    assert client.post(url, {"name": "Renamed", "permissions": []}).status_code in (302, 403, 404)
+    renamed = {"name": "Renamed", "permissions": [], "members": [viewer_carol.pk]}
+    assert client.post(url, renamed).status_code in (302, 403, 404)
 
     client.force_login(admin_erin)
-    answer = client.post(url, {"name": "Renamed", "permissions": []}, follow=True)
+    answer = client.post(url, renamed, follow=True)
     page = html.unescape(answer.content.decode())
     assert "Changing the group Shop deciders's permissions" in page and "'Shop marketing'" in page
     assert "not saved" in page and "changed successfully" not in page
     deciders.refresh_from_db()
     assert deciders.name == "Shop deciders" and sorted(deciders.permissions.values_list("pk", flat=True)) == before
 
-    kept = {"name": "Renamed", "permissions": before}
+    kept = {**renamed, "permissions": before}
     assert client.post(url, kept).status_code == 302
     assert Group.objects.get(pk=deciders.pk).name == "Renamed"
+
+
+# --- a team's members, set on its page ----------------------------------------------------------
+
+
+def team_form(team: Group, *, members: list[User], **changes) -> dict:
+    """The team page's form as the browser posts it: its name, its permissions, its members."""
+    data = {
+        "name": team.name,
+        "permissions": list(team.permissions.values_list("pk", flat=True)),
+        "members": [user.pk for user in members],
+    }
+    data.update(changes)
+    return data
+
+
+def _sees_segment(client, user: User, segment) -> bool:
+    """Whether ``user`` reaches the segment's page, as they would in the admin."""
+    client.force_login(user)
+    return client.get(f"/admin/audiences/segment/{segment.pk}/change/").status_code == 200
+
+
+@pytest.fixture
+def granted_segment(admin_erin, shop_reviewers):
+    """A segment granted to the Shop reviewers team alone."""
+    from tests.factories import SegmentFactory
+
+    segment = SegmentFactory(name="Shop loyal buyers")
+    access_grant(obj=segment, to=shop_reviewers, by=admin_erin)
+    return segment
+
+
+def test_an_administrator_adds_a_team_member_on_its_page_who_then_sees_what_the_team_was_granted(
+    client, admin_erin, approver_bob, viewer_carol, shop_reviewers, granted_segment
+):
+    from audiences.models import Segment
+
+    assert not _sees_segment(client, viewer_carol, granted_segment)
+    client.force_login(admin_erin)
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    answer = client.post(url, team_form(shop_reviewers, members=[approver_bob, viewer_carol]))
+    assert answer.status_code == 302
+    assert sorted(shop_reviewers.user_set.values_list("username", flat=True)) == ["approver_bob", "viewer_carol"]
+    carol = User.objects.get(pk=viewer_carol.pk)
+    assert list(visible_to(carol, Segment.objects.all())) == [granted_segment]
+    assert _sees_segment(client, carol, granted_segment)
+    event = AuditEvent.objects.get(action="team_members_changed")
+    assert (event.actor, event.object_id) == (admin_erin, str(shop_reviewers.pk))
+    assert event.summary == {"added": ["viewer_carol"], "removed": []}
+
+
+def test_an_administrator_takes_a_member_out_of_a_team_who_then_no_longer_sees_what_it_was_granted(
+    client, admin_erin, approver_bob, viewer_carol, shop_reviewers, granted_segment
+):
+    from audiences.models import Segment
+
+    viewer_carol.groups.add(shop_reviewers)
+    assert _sees_segment(client, viewer_carol, granted_segment)
+    client.force_login(admin_erin)
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    assert client.post(url, team_form(shop_reviewers, members=[approver_bob])).status_code == 302
+    assert list(shop_reviewers.user_set.all()) == [approver_bob]
+    carol = User.objects.get(pk=viewer_carol.pk)
+    assert not visible_to(carol, Segment.objects.all()).exists()
+    assert not _sees_segment(client, carol, granted_segment)
+    event = AuditEvent.objects.get(action="team_members_changed")
+    assert event.actor == admin_erin and event.summary == {"added": [], "removed": ["viewer_carol"]}
+
+
+def test_a_save_leaving_a_team_s_members_as_they_were_audits_no_change_of_members(
+    client, admin_erin, approver_bob, shop_reviewers
+):
+    client.force_login(admin_erin)
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    assert client.post(url, team_form(shop_reviewers, members=[approver_bob], name="Shop checkers")).status_code == 302
+    assert Group.objects.get(pk=shop_reviewers.pk).name == "Shop checkers"
+    assert list(shop_reviewers.user_set.all()) == [approver_bob]
+    assert not AuditEvent.objects.filter(action="team_members_changed").exists()
+    assert AuditEvent.objects.filter(action="group_changed", object_id=str(shop_reviewers.pk)).exists()
+
+
+def test_taking_a_policy_s_only_approver_out_of_its_team_is_refused_with_nothing_of_the_page_saved(
+    client, admin_erin, approver_bob, viewer_carol, shop, shop_reviewers
+):
+    _policy_naming_group(admin_erin, shop, shop_reviewers)
+    events = AuditEvent.objects.count()
+    client.force_login(admin_erin)
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    answer = client.post(url, team_form(shop_reviewers, members=[viewer_carol], name="Shop checkers"), follow=True)
+    page = html.unescape(answer.content.decode())
+    assert "Taking approver_bob out of the team Shop reviewers" in page and "'Shop marketing'" in page
+    assert "could not be decided" in page and "not saved" in page and "changed successfully" not in page
+    team = Group.objects.get(pk=shop_reviewers.pk)
+    assert team.name == "Shop reviewers" and list(team.user_set.all()) == [approver_bob]  # carol not added either
+    assert AuditEvent.objects.count() == events
+
+
+def test_a_policy_s_only_approver_is_replaced_in_its_team_by_another_approver_in_one_save(
+    client, admin_erin, approver_bob, shop, shop_reviewers
+):
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    access_grant(obj=shop, to=approver_fay, by=admin_erin)
+    _policy_naming_group(admin_erin, shop, shop_reviewers)
+    client.force_login(admin_erin)
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    assert client.post(url, team_form(shop_reviewers, members=[approver_fay])).status_code == 302
+    assert list(shop_reviewers.user_set.all()) == [approver_fay]
+    assert AuditEvent.objects.get(action="team_members_changed").summary == {
+        "added": ["approver_fay"],
+        "removed": ["approver_bob"],
+    }
+
+
+@pytest.mark.parametrize("role_user", ["manager_alice", "approver_bob", "viewer_carol"])
+def test_roles_that_may_not_change_groups_cannot_change_a_team_s_members(
+    request, client, admin_erin, manager_mallory, shop_reviewers, granted_segment, role_user
+):
+    from django.core.exceptions import PermissionDenied
+
+    from accounts.services import team_members_set
+
+    member = request.getfixturevalue(role_user)
+    client.force_login(member)
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    assert client.get(url).status_code in (403, 404)
+    answer = client.post(url, team_form(shop_reviewers, members=[member, manager_mallory]))
+    assert answer.status_code in (403, 404)
+    with pytest.raises(PermissionDenied):
+        team_members_set(group_id=shop_reviewers.pk, members=[member, manager_mallory], by=member)
+    assert sorted(shop_reviewers.user_set.values_list("username", flat=True)) == ["approver_bob"]
+    assert not _sees_segment(client, manager_mallory, granted_segment)
+    assert not AuditEvent.objects.filter(action="team_members_changed").exists()
+
+
+def test_the_members_field_offers_active_users_with_a_role_and_the_team_s_own_members(
+    client, admin_erin, approver_bob, viewer_carol, outsider_dave, shop_reviewers
+):
+    gone = UserFactory(username="gone_gus", role="Manager", is_active=False)
+    left = UserFactory(username="left_lea", role="Viewer", is_active=False)
+    left.groups.add(shop_reviewers)
+    client.force_login(admin_erin)
+    answer = client.get(f"/admin/auth/group/{shop_reviewers.pk}/change/")
+    field = answer.context["adminform"].form.fields["members"]
+    offered = set(field.queryset.values_list("username", flat=True))
+    assert {"admin_erin", "approver_bob", "viewer_carol", "left_lea"} <= offered
+    assert gone.username not in offered and outsider_dave.username not in offered
+    assert set(answer.context["adminform"].form.initial["members"]) == {approver_bob.pk, left.pk}
+    # The add page offers them too: a team is made with its members.
+    answer = client.post(
+        "/admin/auth/group/add/", {"name": "Night shift", "permissions": [], "members": [viewer_carol.pk]}
+    )
+    assert answer.status_code == 302
+    assert list(Group.objects.get(name="Night shift").user_set.all()) == [viewer_carol]
+    assert AuditEvent.objects.get(action="team_members_changed").summary == {"added": ["viewer_carol"], "removed": []}
+
+
+def test_a_role_s_page_shows_its_members_read_only_and_its_save_changes_none(
+    client, admin_erin, approver_bob, viewer_carol
+):
+    viewers = Group.objects.get(name="Viewer")
+    client.force_login(admin_erin)
+    url = f"/admin/auth/group/{viewers.pk}/change/"
+    page = html.unescape(client.get(url).content.decode())
+    assert "members" not in client.get(url).context["adminform"].form.fields
+    listed = f"/admin/accounts/user/?groups__id__exact={viewers.pk}"
+    assert listed in page and "1 user" in page
+    assert list(client.get(listed).context["cl"].result_list) == [viewer_carol]
+    assert client.post(url, {"members": [approver_bob.pk]}).status_code == 302
+    assert list(viewers.user_set.all()) == [viewer_carol]
+    assert not AuditEvent.objects.filter(action="team_members_changed").exists()
+
+
+def test_team_members_set_refuses_a_role_and_a_policy_s_only_approver_taken_out(
+    admin_erin, approver_bob, viewer_carol, shop, shop_reviewers
+):
+    from django.core.exceptions import ValidationError
+
+    from accounts.services import team_members_set
+
+    with pytest.raises(ValidationError, match="Approver is a role"):
+        team_members_set(group_id=Group.objects.get(name="Approver").pk, members=[viewer_carol], by=admin_erin)
+    _policy_naming_group(admin_erin, shop, shop_reviewers)
+    with pytest.raises(ValidationError, match="Taking approver_bob out of the team Shop reviewers .* 'Shop marketing'"):
+        team_members_set(group_id=shop_reviewers.pk, members=[viewer_carol], by=admin_erin)
+    assert list(shop_reviewers.user_set.all()) == [approver_bob]
+    assert list(Group.objects.get(name="Approver").user_set.all()) == [approver_bob]

@@ -34,6 +34,7 @@ def test_a_list_action_on_ids_past_any_row_does_nothing(client, admin_erin):
     [
         ("admin:accounts_user_change", "groups"),
         ("admin:auth_group_change", "permissions"),
+        ("admin:auth_group_change", "members"),
     ],
 )
 def test_a_many_to_many_choice_past_any_row_is_an_invalid_choice(client, admin_erin, manager_alice, url_name, field):
