@@ -2,8 +2,10 @@
 
 The same key and body replay the stored answer (``Idempotent-Replayed: true``); the same key with
 another body answers 422 ``idempotency_key_reused``; a call still running with the key answers 409
-``idempotency_in_progress``. Keys are per API key: each endpoint keeps its records in a table of
-its own (a subclass of ``accounts.models.IdempotentRequest``), which retention empties after
+``idempotency_in_progress``. Keys are per user, the one every API key acts as: the user's keys
+share them, so a retry under a rotated key (a new key for the user, the old one revoked) replays
+the first answer, and another user's keys never see them. Each endpoint keeps its records in a
+table of its own (a subclass of ``accounts.models.IdempotentRequest``), which retention empties after
 ``PUSHDESK_RETENTION_IDEMPOTENCY_DAYS`` (``operations.services.retention_apply``).
 
 A view claims the key before it runs (``idempotent_call_open``: the claim commits at once, so a
@@ -90,7 +92,7 @@ def request_body_hash(data) -> str:
 def idempotent_request_start(
     model: type[IdempotentRequest], *, api_key, idempotency_key: str, body_hash: str, **scope
 ) -> tuple[IdempotentRequest, str]:
-    """Claim an Idempotency-Key for this API key in ``model``'s table. Returns (record, what to do):
+    """Claim an Idempotency-Key for this API key's user in ``model``'s table. Returns (record, what to do):
 
     ``new`` (run it), ``done`` (replay the stored answer), ``in_progress`` (409), ``other_scope``
     (the key was used with other ``scope`` fields: another campaign) or ``different_body`` (422).
@@ -100,11 +102,11 @@ def idempotent_request_start(
     try:
         with transaction.atomic():
             record = model.objects.create(
-                api_key=api_key, idempotency_key=idempotency_key, body_hash=body_hash, **scope
+                api_key=api_key, user_id=api_key.user_id, idempotency_key=idempotency_key, body_hash=body_hash, **scope
             )
             return record, "new"
     except IntegrityError:
-        record = model.objects.get(api_key=api_key, idempotency_key=idempotency_key)
+        record = model.objects.get(user_id=api_key.user_id, idempotency_key=idempotency_key)
     if any(getattr(record, name) != value for name, value in scope.items()):
         return record, "other_scope"
     if record.body_hash != body_hash:
@@ -149,7 +151,7 @@ def idempotent_call_open(
     other_use: Callable[[IdempotentRequest], str] | None = None,
     **scope,
 ) -> tuple[IdempotentRequest | None, Response | None]:
-    """Claim the call's Idempotency-Key (``idempotency_key_read``) for its API key.
+    """Claim the call's Idempotency-Key (``idempotency_key_read``) for its API key's user.
 
     Returns (the record, None) when the call is to run, its answer then stored on the record;
     (None, the stored answer, marked ``Idempotent-Replayed: true``) when it ran already. Raises
@@ -182,9 +184,11 @@ IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
     {"type": "string", "minLength": 1},
     OpenApiParameter.HEADER,
     required=False,
-    description="Printable text, at most 200 characters, per API key: a call sent again with the same key and "
-    "body replays the first answer (marked `Idempotent-Replayed: true`); with another body it answers 422, and "
-    "409 while the first still runs. A key is remembered 30 days by default (the server's "
+    description="Printable text, at most 200 characters, per user: the API keys of one user share their "
+    "Idempotency-Keys, so a call sent again with the same key and body, under the same API key or another of the "
+    "user's (a rotated one), replays the first answer (marked `Idempotent-Replayed: true`); with another body it "
+    "answers 422, and 409 while the first still runs. Another user's keys have Idempotency-Keys of their own. "
+    "A key is remembered 30 days by default (the server's "
     "PUSHDESK_RETENTION_IDEMPOTENCY_DAYS); after that it makes a new call.",
 )
 IN_PROGRESS_ANSWER = "`idempotency_in_progress`: a request with this Idempotency-Key is still running."

@@ -97,11 +97,14 @@ class ApiKey(models.Model):
 
 class IdempotentRequest(models.Model):
     """An ``Idempotency-Key`` an API key sent to an endpoint, with the answer to replay
-    (``accounts.idempotency``). Each endpoint keeps its own table, unique on (api key, key text):
-    the same text from another key is another call."""
+    (``accounts.idempotency``). Each endpoint keeps its own table, unique on (the key's user, key
+    text): every key of a user shares them (a retry under a rotated key replays the answer), and
+    the same text from another user's key is another call."""
 
     id = models.BigAutoField(primary_key=True)
     api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    # The API key's user, which a key never changes: the unique index leads with it.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
     idempotency_key = models.CharField(max_length=200)
     body_hash = models.CharField(max_length=64)
     finished = models.BooleanField(default=False)

@@ -98,7 +98,9 @@ class EventBulkRequest(IdempotentRequest):
     the answer, stored in the events' transaction (a retry stores nothing and enters no journey)."""
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["api_key", "idempotency_key"], name="events_idempotency_once")]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "idempotency_key"], name="events_idempotency_once_per_user")
+        ]
 
 
 class Segment(models.Model):

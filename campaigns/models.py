@@ -718,7 +718,9 @@ class TriggerRequest(IdempotentRequest):
     )
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["api_key", "idempotency_key"], name="trigger_idempotency_once")]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "idempotency_key"], name="trigger_idempotency_once_per_user")
+        ]
 
     def __str__(self) -> str:
         return f"{self.idempotency_key} → {self.campaign_id}"

@@ -1,8 +1,8 @@
 """Database helpers shared by the apps: the session settings of the heavy reads (one count over
 many rows, in a transaction of its own), the ids a row can have, the pace of a loop of writes on
 SQLite, integer and text lists as one parameter, what a
-deletion removes, the hot paths' prepared statements, and an index built without stopping writes
-(for migrations)."""
+deletion removes, the hot paths' prepared statements, and an index or a unique constraint built
+without stopping writes (for migrations)."""
 
 import time
 from collections import Counter
@@ -254,6 +254,27 @@ class AddIndexConcurrentlyOnPostgres(migrations.AddIndex):
         model = from_state.apps.get_model(app_label, self.model_name)
         if self.allow_migrate_model(schema_editor.connection.alias, model):
             schema_editor.remove_index(model, self.index, concurrently=True)
+
+
+class AddUniqueConstraintConcurrentlyOnPostgres(migrations.AddConstraint):
+    """AddConstraint of a UniqueConstraint on fields, whose index is built CONCURRENTLY on
+    PostgreSQL and then made the constraint (``ADD CONSTRAINT … UNIQUE USING INDEX``: a moment's
+    lock, no scan), plainly elsewhere, for a big table whose writers must go on while it builds;
+    its migration is ``atomic = False``. If the build fails (rows breaking it, say) it leaves an
+    invalid index behind: drop it (``DROP INDEX CONCURRENTLY``) and migrate again. Migrating back
+    drops the constraint and its index."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_forwards(app_label, schema_editor, from_state, to_state)
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if not self.allow_migrate_model(schema_editor.connection.alias, model):
+            return
+        quote = schema_editor.quote_name
+        table, name = quote(model._meta.db_table), quote(self.constraint.name)
+        columns = ", ".join(quote(model._meta.get_field(field).column) for field in self.constraint.fields)
+        schema_editor.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} ({columns})")
+        schema_editor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}")
 
 
 class RemoveIndexConcurrentlyOnPostgres(migrations.RemoveIndex):

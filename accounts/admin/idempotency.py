@@ -3,7 +3,7 @@
 Administrators and Viewers read them (the roles table's ``read_idempotency``); nobody adds,
 changes or deletes one here: retention deletes them (``PUSHDESK_RETENTION_IDEMPOTENCY_DAYS``).
 The stored answers are never shown: an events call's answer names its profiles and echoes the
-values it refused, personal data the record keeps only to replay it to the same API key. Who does
+values it refused, personal data the record keeps only to replay it to its user's API keys. Who does
 not read the API keys of others (all but Administrators) reads a trigger record of a campaign
 they may see with another user's key unnamed, and the events calls of their own keys alone.
 """
@@ -69,8 +69,8 @@ class IdempotentRequestAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         key = search_term.strip()
         if not key:
             return queryset, False
-        # Through the (API key, Idempotency-Key) unique index, once per API key: the keys are few.
-        return queryset.filter(api_key__in=ApiKey.objects.all(), idempotency_key=key), False
+        # Through the (user, Idempotency-Key) unique index, once per user owning a key: they are few.
+        return queryset.filter(user__in=ApiKey.objects.values("user"), idempotency_key=key), False
 
     @admin.display(description="API key")
     def api_key_prefix(self, obj: IdempotentRequest) -> str:

@@ -35,7 +35,7 @@ def records(shop, manager_alice, admin_erin):
     )
     key, _ = api_key_create(user=manager_alice, name="backend", scopes=["trigger", "ingest"], by=admin_erin)
     answer = {"results": [{"external_id": PERSONAL, "status": "accepted"}]}
-    common = {"api_key": key, "body_hash": "0" * 64}
+    common = {"api_key": key, "user": key.user, "body_hash": "0" * 64}
     trigger = TriggerRequest.objects.create(
         **common, idempotency_key="order-1", campaign=campaign, finished=True, response_status=202, response_body=answer
     )
@@ -99,6 +99,7 @@ def other_shop_records(records, admin_erin):
     key = records["trigger"].api_key
     return TriggerRequest.objects.create(
         api_key=key,
+        user=key.user,
         body_hash="0" * 64,
         idempotency_key="seeds-9",
         campaign=campaign,
@@ -152,7 +153,9 @@ def test_a_key_s_owner_reads_its_events_calls_and_its_name(client, records, view
     admin = UserFactory(role="Administrator")
     manager = UserFactory(role="Manager")
     key, _ = api_key_create(user=manager, name="importer", scopes=["ingest"], by=admin)
-    EventBulkRequest.objects.create(api_key=key, body_hash="0" * 64, idempotency_key="mine-1", finished=True)
+    EventBulkRequest.objects.create(
+        api_key=key, user=manager, body_hash="0" * 64, idempotency_key="mine-1", finished=True
+    )
     manager.groups.clear()
     manager.groups.add(viewer_carol.groups.get())
     client.force_login(manager)
@@ -220,6 +223,7 @@ def test_a_list_of_many_records_reads_in_a_few_queries(client, admin_erin, recor
     for n in range(30):
         TriggerRequest.objects.create(
             api_key=records["trigger"].api_key,
+            user=records["trigger"].user,
             body_hash="0" * 64,
             idempotency_key=f"order-{n + 2}",
             campaign=records["trigger"].campaign,
@@ -237,6 +241,7 @@ def test_a_viewer_s_list_of_many_records_reads_in_a_few_queries(
     for n in range(30):
         TriggerRequest.objects.create(
             api_key=records["trigger"].api_key,
+            user=records["trigger"].user,
             body_hash="0" * 64,
             idempotency_key=f"order-{n + 2}",
             campaign=records["trigger"].campaign,

@@ -76,8 +76,9 @@ def test_same_key_with_another_body_is_422(ingest):
 def test_same_key_still_running_is_409_and_runs_once_its_claim_is_abandoned(ingest, manager_alice):
     from accounts.idempotency import request_body_hash
 
+    key = manager_alice.api_keys.get()
     record = EventBulkRequest.objects.create(
-        api_key=manager_alice.api_keys.get(), idempotency_key="busy", body_hash=request_body_hash(BODY)
+        api_key=key, user=key.user, idempotency_key="busy", body_hash=request_body_hash(BODY)
     )
     response = ingest.post(URL, BODY, format="json", HTTP_IDEMPOTENCY_KEY="busy")
     assert response.status_code == 409
@@ -91,17 +92,36 @@ def test_same_key_still_running_is_409_and_runs_once_its_claim_is_abandoned(inge
     assert EventBulkRequest.objects.get().finished
 
 
-def test_two_keys_with_the_same_idempotency_key_are_independent(manager_alice, api_key_for):
+def test_a_retry_under_the_user_s_rotated_key_replays_the_first_answer(ingest, manager_alice, api_key_for):
+    """An integrator rotating keys (a new key for the same user, the old one revoked) retries the
+    call in flight at the switch with its Idempotency-Key: the user's keys share the keys, so the
+    events are written once, and another body under the new key is refused as under the old one."""
+    from accounts.services import api_key_revoke
+
+    first = ingest.post(URL, BODY, format="json", HTTP_IDEMPOTENCY_KEY="batch-1")
+    assert first.status_code == 200
+    rotated = api_key_for(manager_alice, scopes=["ingest"])
+    api_key_revoke(key_id=manager_alice.api_keys.order_by("created_at", "pk").first().pk, by=manager_alice)
+    again = rotated.post(URL, BODY, format="json", HTTP_IDEMPOTENCY_KEY="batch-1")
+    assert again.status_code == 200 and again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true"
+    other = {"events": [{"external_id": "zoe", "name": "refund", "occurred_at": "2026-06-01T10:00:00Z"}]}
+    refused = rotated.post(URL, other, format="json", HTTP_IDEMPOTENCY_KEY="batch-1")
+    assert refused.status_code == 422 and refused.json()["code"] == "idempotency_key_reused"
+    assert Event.objects.count() == 2 and EventBulkRequest.objects.count() == 1
+
+
+def test_two_keys_of_one_user_share_their_idempotency_keys(manager_alice, api_key_for):
     ProfileFactory(external_id="zoe")
     backend, worker = api_key_for(manager_alice, scopes=["ingest"]), api_key_for(manager_alice, scopes=["ingest"])
     first = backend.post(URL, BODY, format="json", HTTP_IDEMPOTENCY_KEY="batch-1")
     second = worker.post(URL, BODY, format="json", HTTP_IDEMPOTENCY_KEY="batch-1")
     assert first.status_code == second.status_code == 200
-    assert not second.has_header("Idempotent-Replayed") and second.json() != first.json()
-    assert Event.objects.count() == 4 and EventBulkRequest.objects.count() == 2
+    assert second["Idempotent-Replayed"] == "true" and second.json() == first.json()
+    assert Event.objects.count() == 2 and EventBulkRequest.objects.count() == 1
     other = {"events": [{"external_id": "zoe", "name": "refund", "occurred_at": "2026-06-01T10:00:00Z"}]}
     assert worker.post(URL, other, format="json", HTTP_IDEMPOTENCY_KEY="batch-2").status_code == 200
-    assert backend.post(URL, BODY, format="json", HTTP_IDEMPOTENCY_KEY="batch-2").status_code == 200
+    assert backend.post(URL, BODY, format="json", HTTP_IDEMPOTENCY_KEY="batch-2").status_code == 422
 
 
 def test_a_key_of_another_user_gets_no_answer_of_the_first_user(ingest, manager_mallory, api_key_for):

@@ -96,8 +96,10 @@ def test_same_key_still_running_is_409(live_trigger, trigger_client, manager_ali
     import json
 
     body = {"recipients": [{"external_id": "zoe"}]}
+    key = manager_alice.api_keys.get()
     TriggerRequest.objects.create(
-        api_key=manager_alice.api_keys.get(),
+        api_key=key,
+        user=key.user,
         idempotency_key="busy",
         campaign=live_trigger,
         body_hash=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest(),
@@ -106,6 +108,48 @@ def test_same_key_still_running_is_409(live_trigger, trigger_client, manager_ali
     assert response.status_code == 409
     assert response.json()["code"] == "idempotency_in_progress"
     assert not Dispatch.objects.exists()
+
+
+def test_a_retry_under_the_user_s_rotated_key_replays_the_first_answer(
+    live_trigger, trigger_client, manager_alice, api_key_for
+):
+    """An integrator rotating keys (a new key for the same user, the old one revoked) retries the
+    call in flight at the switch with its Idempotency-Key: the user's keys share the keys, nothing
+    is sent twice, and another body under the new key is refused as under the old one."""
+    from accounts.services import api_key_revoke
+
+    ProfileFactory(external_id="zoe")
+    ProfileFactory(external_id="max")
+    body = {"recipients": [{"external_id": "zoe"}]}
+    first = trigger_client.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert first.status_code == 202
+    rows = Delivery.objects.count()
+    rotated = api_key_for(manager_alice, scopes=["trigger", "read"])
+    api_key_revoke(key_id=manager_alice.api_keys.order_by("created_at", "pk").first().pk, by=manager_alice)
+    again = rotated.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert again.status_code == 202 and again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true"
+    other = rotated.post(
+        _url(live_trigger), {"recipients": [{"external_id": "max"}]}, format="json", HTTP_IDEMPOTENCY_KEY="order-1"
+    )
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+    assert Delivery.objects.count() == rows and TriggerRequest.objects.count() == 1
+
+
+def test_another_user_s_call_with_the_same_key_runs_apart(live_trigger, trigger_client, pushsim_app, api_key_for):
+    from tests.factories import UserFactory
+
+    colleague = UserFactory(username="manager_colleague", role="Manager")
+    access_grant(obj=pushsim_app, to=colleague, by=None)
+    ProfileFactory(external_id="zoe")
+    body = {"recipients": [{"external_id": "zoe"}]}
+    first = trigger_client.post(_url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    theirs = api_key_for(colleague, scopes=["trigger"]).post(
+        _url(live_trigger), body, format="json", HTTP_IDEMPOTENCY_KEY="order-1"
+    )
+    assert first.status_code == theirs.status_code == 202
+    assert not theirs.has_header("Idempotent-Replayed")
+    assert TriggerRequest.objects.count() == 2
 
 
 @pytest.mark.parametrize("key", ["a\x00b", "a\x01b", "a\x7fb", "a\tb", "k" * 201])

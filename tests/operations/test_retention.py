@@ -420,6 +420,7 @@ def test_retention_deletes_idempotency_records_past_their_window_and_a_retry_aft
     def record(name, *, days_ago, finished):
         return TriggerRequest.objects.create(
             api_key=key,
+            user=key.user,
             idempotency_key=name,
             campaign=live_trigger,
             body_hash="-",
@@ -462,6 +463,7 @@ def test_retention_deletes_events_calls_idempotency_records_as_the_triggers_and_
     for name, days_ago, finished in (("abandoned", 31, False), ("recent", 1, True), ("running", 0, False)):
         EventBulkRequest.objects.create(
             api_key=key,
+            user=key.user,
             idempotency_key=name,
             body_hash="-",
             finished=finished,

@@ -147,7 +147,9 @@ def test_the_upgrade_section_names_every_table_whose_index_is_built_concurrently
     tables = set()
     for migration in ROOT.glob("*/migrations/0*.py"):
         source = migration.read_text()
-        for model in re.findall(r"AddIndexConcurrentlyOnPostgres\(\s*model_name=\"(\w+)\"", source):
+        for model in re.findall(
+            r"Add(?:Index|UniqueConstraint)ConcurrentlyOnPostgres\(\s*model_name=\"(\w+)\"", source
+        ):
             tables.add(f"{migration.parent.parent.name}_{model}")
     assert tables
     assert sorted(t for t in tables if f"\\d {t}" not in upgrading) == []
