@@ -101,3 +101,28 @@ def test_administrator_sets_up_an_app_with_credentials_and_a_manager(
     page.click("input[value='Grant access']")
     assert "manager_nina" in page.locator("#object-access").inner_text()
     screenshot("admin-object-access")
+
+
+def test_administrator_adds_a_colleague_to_a_team_who_then_sees_its_segment(
+    login, page, live_server, admin_erin, approver_bob, viewer_carol, screenshot
+):
+    from django.contrib.auth.models import Group
+
+    from accounts.models import AuditEvent
+    from tests.factories import SegmentFactory
+
+    team = Group.objects.create(name="Shop reviewers")
+    approver_bob.groups.add(team)
+    segment = SegmentFactory(name="Shop loyal buyers")
+    access_grant(obj=segment, to=team, by=admin_erin)
+    login(admin_erin)
+    page.goto(f"{live_server.url}/admin/auth/group/{team.pk}/change/")
+    page.dblclick("#id_members_from option:has-text('viewer_carol')")
+    screenshot("team-members")
+    page.click("input[name=_save]")
+    page.wait_for_selector(".messagelist .success")
+    assert sorted(team.user_set.values_list("username", flat=True)) == ["approver_bob", "viewer_carol"]
+    assert AuditEvent.objects.get(action="team_members_changed").summary == {"added": ["viewer_carol"], "removed": []}
+    login(viewer_carol)
+    page.goto(f"{live_server.url}/admin/audiences/segment/")
+    assert "Shop loyal buyers" in page.locator("#result_list").inner_text()
