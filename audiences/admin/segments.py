@@ -217,6 +217,8 @@ reach_app_ids: contextvars.ContextVar[frozenset] = contextvars.ContextVar("reach
 rules_reader: contextvars.ContextVar = contextvars.ContextVar("rules_reader", default=None)
 # Whether the list's reader has its "Count reach now" action (a Viewer has not): only they are sent to it.
 count_action_offered: contextvars.ContextVar[bool] = contextvars.ContextVar("count_action_offered", default=False)
+# The segments of the list's page its reader may change: the action counts only those (one query a page).
+count_changeable: contextvars.ContextVar[frozenset] = contextvars.ContextVar("count_changeable", default=frozenset())
 
 
 @contextlib.contextmanager
@@ -265,8 +267,26 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     actions = ["count_reach", "delete_segments"]
 
     def changelist_view(self, request, extra_context=None):
-        with _reach_readable_by(request.user, counts="count_reach" in self.get_actions(request)):
-            return _rendered(super().changelist_view(request, extra_context))
+        offered = "count_reach" in self.get_actions(request)
+        changeable = count_changeable.set(frozenset())
+        try:
+            with _reach_readable_by(request.user, counts=offered):
+                return _rendered(super().changelist_view(request, extra_context))
+        finally:
+            count_changeable.reset(changeable)
+
+    def get_changelist_instance(self, request):
+        changelist = super().get_changelist_instance(request)
+        if count_action_offered.get():
+            # The action counts only the segments one may change (``segment_count_keep``): the
+            # uncounted rows point to it only for those, a segment one may only view saying so.
+            page = [segment.pk for segment in changelist.result_list if segment.last_count is None]
+            if page:
+                changeable = visible_to(
+                    request.user, Segment.objects.filter(pk__in=page), perm="audiences.change_segment"
+                )
+                count_changeable.set(frozenset(changeable.values_list("pk", flat=True)))
+        return changelist
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         with _reach_readable_by(request.user):
@@ -293,7 +313,9 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         reachable (iOS / Android) and opted-in profiles, with the age of an app's figures counted
         apart from the profile count (by a colleague who sees other apps, or a campaign page)."""
         if obj is None or obj.last_count is None:
-            if not count_action_offered.get():  # a reader without the action (a Viewer), as the page says it
+            if not count_action_offered.get() or (  # a reader without the action (a Viewer), as the page says it
+                obj is not None and obj.pk not in count_changeable.get()  # or who may only view this one
+            ):
                 return "Not counted yet (whoever may change it can count it)."
             # Where a count is made: the Preview of a rules segment's page, the list's action.
             action = "select it in the segment list and run its “Count reach now” action."

@@ -1145,6 +1145,37 @@ def test_the_segment_list_points_to_its_count_action_only_for_a_reader_who_has_i
     assert html.count("Not counted yet (whoever may change it can count it).") == 2
 
 
+def test_the_segment_list_points_to_its_count_action_only_for_the_segments_its_reader_may_change(
+    login, manager_alice, approver_bob, under_review
+):
+    """The pointer was judged per reader: an approver, who has the action, read "select it and run
+    Count reach now" under a segment they read through the request they decide, which the action then
+    refused ("you may not change them"). Each row is judged, the page's in one query."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.services import access_grant
+
+    nested = [segment_create(name=f"Nested {n}", kind=Segment.Kind.STATIC, by=manager_alice) for n in range(5)]
+    reviewed = segment_create(name="Reviewed", rules={"any": [{"segment": s.pk} for s in nested]}, by=manager_alice)
+    under_review(reviewed)  # the approver reads it and the segments its rules use, none of them theirs to change
+    own = segment_create(name="Own", kind=Segment.Kind.STATIC, by=manager_alice)
+    access_grant(obj=own, to=approver_bob, by=None)
+    client = login(approver_bob)
+    client.get("/admin/audiences/segment/")  # the caches a first page fills
+    with CaptureQueriesContext(connection) as many:
+        html = client.get("/admin/audiences/segment/").content.decode()
+    assert "Count reach now" in html  # the action is theirs
+    assert html.count("Not counted yet: select it in the segment list and run its “Count reach now” action.") == 1
+    assert html.count("Not counted yet (whoever may change it can count it).") == 6
+    assert "press Preview" not in html  # the rules segment is one they may not change
+    Segment.objects.filter(pk__in=[s.pk for s in nested]).update(last_count=0)
+    with CaptureQueriesContext(connection) as few:
+        html = client.get("/admin/audiences/segment/").content.decode()
+    assert html.count("Not counted yet (whoever may change it can count it).") == 1
+    assert len(many) == len(few)
+
+
 @pytest.mark.presses("audiences.segment:count")
 def test_count_now_on_a_segments_page_keeps_its_reach_and_is_refused_without_change_access(
     login, manager_alice, viewer_carol, outsider_dave
