@@ -108,13 +108,22 @@ class UserChangeForm(DjangoUserChangeForm):
 @admin.register(User)
 class UserAdmin(AccessAdmin, DjangoUserAdmin):
     form = UserChangeForm
-    list_display = ("username", "email", "roles", "is_active", "is_staff", "is_service_account", "last_login")
+    list_display = (
+        "username",
+        "email",
+        "roles",
+        "teams",
+        "is_active",
+        "is_staff",
+        "is_service_account",
+        "last_login",
+    )
     list_filter = ("groups", "is_active", "is_staff", "is_service_account")
-    readonly_fields = ("last_login", "date_joined", "role_summary", "object_access")
+    readonly_fields = ("last_login", "date_joined", "role_summary", "teams", "object_access")
     fieldsets = (
         (None, {"fields": ("username", "password")}),
         ("Personal info", {"fields": ("first_name", "last_name", "email")}),
-        ("Role", {"fields": ("groups", "role_summary"), "description": "A role says what one may do."}),
+        ("Role", {"fields": ("groups", "role_summary", "teams"), "description": "A role says what one may do."}),
         ("Object access", {"fields": ("object_access",), "description": "Object access says where."}),
         ("Status", {"fields": ("is_active", "is_staff", "is_service_account", "is_superuser")}),
         ("Dates", {"fields": ("last_login", "date_joined")}),
@@ -167,7 +176,17 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
 
     @admin.display(description="Roles")
     def roles(self, obj):
-        return ", ".join(g.name for g in obj.groups.all()) or "—"
+        return ", ".join(g.name for g in obj.groups.all() if g.name in ROLES) or "—"
+
+    @admin.display(description="Teams")
+    def teams(self, obj):
+        """The user's teams (groups that are no roles), each linking its page, where its members are set."""
+        teams = [g for g in obj.groups.all() if g.name not in ROLES] if obj is not None and obj.pk else []
+        if not teams:
+            return "—"
+        return format_html_join(
+            ", ", '<a href="{}">{}</a>', ((reverse("admin:auth_group_change", args=[g.pk]), g.name) for g in teams)
+        )
 
     @admin.display(description="What the roles allow")
     def role_summary(self, obj):

@@ -834,3 +834,12 @@ def test_team_members_set_refuses_a_role_and_a_policy_s_only_approver_taken_out(
         team_members_set(group_id=shop_reviewers.pk, members=[viewer_carol], by=admin_erin)
     assert list(shop_reviewers.user_set.all()) == [approver_bob]
     assert list(Group.objects.get(name="Approver").user_set.all()) == [approver_bob]
+
+
+def test_the_users_list_and_page_name_a_user_s_roles_and_teams_apart(client, admin_erin, approver_bob, shop_reviewers):
+    client.force_login(admin_erin)
+    answer = client.get("/admin/accounts/user/?q=approver_bob")
+    row = html.unescape(answer.content.decode().split('class="field-roles"', 1)[1].split("</tr>", 1)[0])
+    assert row.split("<", 1)[0] == ">Approver" and ">Shop reviewers<" in row  # the Teams column, not the roles
+    page = html.unescape(client.get(f"/admin/accounts/user/{approver_bob.pk}/change/").content.decode())
+    assert f'href="/admin/auth/group/{shop_reviewers.pk}/change/">Shop reviewers</a>' in page
