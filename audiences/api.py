@@ -315,7 +315,7 @@ class ImportInSerializer(serializers.Serializer):
     encoding = serializers.ChoiceField(choices=Import.Encoding.values, default="utf-8")
     target = serializers.ChoiceField(choices=Import.Target.values, default="profiles")
     segment = TextIntegerField(required=False, min_value=1, help_text="The static segment's id.")
-    segment_name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    segment_name = JsonCharField(required=False, allow_blank=True, max_length=200, default="")
     columns = ColumnsField(
         required=False, help_text="Per CSV column: {'to': attribute name, 'type': auto|string|number|boolean|date|skip}"
     )

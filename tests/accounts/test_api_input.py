@@ -389,3 +389,20 @@ def test_a_nul_is_refused_with_one_code_and_wording_wherever_it_is(ingest, metho
         {"field": field, "code": "invalid", "detail": "The NUL character (\\u0000) is not allowed."}
     ]
     assert not Profile.objects.exists()
+
+
+def test_a_nul_in_an_import_form_field_is_refused_with_the_same_code_and_wording(ingest, settings, tmp_path):
+    """A multipart text field's NUL (the new segment's name) was DRF's 'null_characters_not_allowed'
+    ("Null characters are not allowed."), not the code and wording of every other field's."""
+    settings.MEDIA_ROOT = tmp_path
+    upload = SimpleUploadedFile("people.csv", b"external_id\nann\n", content_type="text/csv")
+    response = ingest.post(
+        "/api/v1/imports/",
+        {"file": upload, "target": "new_segment", "segment_name": "Spring\x00sale"},
+        format="multipart",
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "segment_name", "code": "invalid", "detail": "The NUL character (\\u0000) is not allowed."}
+    ]
+    assert not Import.objects.exists()
