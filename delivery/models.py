@@ -441,6 +441,12 @@ class Dispatch(models.Model):
     local_default_timezone = models.CharField(
         max_length=64, blank=True, help_text="The time zone of profiles without one, for local-time sends."
     )
+    time_zone = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="The zone the send is scheduled in (its campaign's), which its content's now renders in; "
+        "at a local time, each profile's own. Empty: the server's clock (UTC), as a journey's.",
+    )
     local_late_minutes = models.PositiveIntegerField(
         null=True,
         blank=True,

@@ -12,6 +12,7 @@ Everything here works on a content *spec*: the plain dict a PushContent freezes 
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -24,6 +25,7 @@ from delivery.personalization import (
     is_templated,
     liquid_message,
     loopback_http,
+    rendered_in,
     template_attribute_outputs,
     template_attributes_read,
     template_check,
@@ -137,6 +139,12 @@ def message_render(spec: dict, *, profile: dict, context: dict | None = None) ->
         key: template_render(value, profile=profile, context=context) for key, value in (spec.get("data") or {}).items()
     }
     return out
+
+
+def message_render_in(spec: dict, *, profile: dict, context: dict | None = None, zone: dt.tzinfo) -> RenderedMessage:
+    """``message_render``, its texts' ``now`` read in ``zone`` (``rendered_in``): a send's zone."""
+    with rendered_in(zone):
+        return message_render(spec, profile=profile, context=context)
 
 
 def message_render_failure(spec: dict, *, profile: dict, context: dict | None = None) -> str:

@@ -187,8 +187,9 @@ def _bounded(name: str, func: Callable) -> Callable:
 
 
 # The moment a preview renders ``now`` and ``today`` as of (``rendered_as_of``); None, as at every
-# send: the real now.
+# send: the real now. And the zone they render in (``rendered_in``): a send's; None: the server's.
 _RENDERED_AS_OF: ContextVar[dt.datetime | None] = ContextVar("rendered_as_of", default=None)
+_RENDERED_IN: ContextVar[dt.tzinfo | None] = ContextVar("rendered_in", default=None)
 _NOW_WORDS = ("now", "today")  # what Liquid's ``date`` filter reads as the moment it runs
 
 
@@ -204,17 +205,31 @@ def rendered_as_of(moment: dt.datetime | None) -> Iterator[None]:
         _RENDERED_AS_OF.reset(token)
 
 
+@contextmanager
+def rendered_in(zone: dt.tzinfo | None) -> Iterator[None]:
+    """Inside the block, templates render ``now`` and ``today`` as the wall-clock time of ``zone``
+    (the zone a send is scheduled in, a profile's at its local time): "Monday" at 00:30 in Paris,
+    not UTC's "Sunday". None: the server's clock (UTC), as Liquid reads it."""
+    token = _RENDERED_IN.set(zone)
+    try:
+        yield
+    finally:
+        _RENDERED_IN.reset(token)
+
+
 def _date_as_of(date: Callable) -> Callable:
     """Liquid's ``date`` filter, reading "now" and "today" as the moment a preview renders as of
-    (``rendered_as_of``), in the form Liquid takes the real now in (the server's wall-clock time,
-    naive): a preview shows the day and hour the send will. Otherwise (every send) as Liquid does."""
+    (``rendered_as_of``; else the real now) in the zone rendered in (``rendered_in``; else the
+    server's), in the form Liquid takes the real now in (a wall-clock time, naive): a send shows its
+    zone's day and hour, a preview the ones the send will. Without either, as Liquid does."""
 
     @functools.wraps(date)
     def dated(dat, *args, **kwargs):
         if isinstance(dat, str) and dat in _NOW_WORDS:
-            moment = _RENDERED_AS_OF.get()
-            if moment is not None:
-                dat = dt.datetime.fromtimestamp(moment.timestamp())  # noqa: DTZ006 (as Liquid's own now)
+            moment, zone = _RENDERED_AS_OF.get(), _RENDERED_IN.get()
+            if moment is not None or zone is not None:
+                # astimezone(None): the server's zone, where Liquid's own now is read
+                dat = (moment or dt.datetime.now(dt.UTC)).astimezone(zone).replace(tzinfo=None)
         return date(dat, *args, **kwargs)
 
     return dated

@@ -176,10 +176,11 @@ def app_rules(owner) -> DeliveryRules | None:
     return DeliveryRules.objects.filter(app_id=owner.app_id).first()
 
 
+@lru_cache(maxsize=1024)
 def profile_zone(name: str | None, default: str) -> ZoneInfo:
     """The zone of a profile whose zone is ``name``: that, else ``default`` (the app's
     ``DeliveryRules.default_timezone``, or a local-time send's own zone), else UTC. A blank or
-    unknown name is passed over."""
+    unknown name is passed over. Kept once found: a send asks it per message."""
     for candidate in (name, default, "UTC"):
         if candidate:
             try:

@@ -287,6 +287,7 @@ def campaign_fire_due(*, campaign_id: int, now: dt.datetime | None = None) -> li
                         local_time=local_wall_time(approved, due) if local else "",
                         local_default_timezone=approved.time_zone if local else "",
                         local_late_minutes=int(limit.total_seconds() // 60) if local else None,
+                        time_zone=approved.time_zone,
                         context=approved.send_context(),
                         variants=approved.variants,
                         holdout_share=approved.holdout_share,
@@ -460,7 +461,8 @@ def campaign_test_send(*, campaign_id: int, by: User) -> list[Dispatch]:
     """Send the campaign's content as it is now to its app's test devices, in any state, no approval
     needed, rendered with the context its sends give it (``Campaign.send_context``): one test send
     per variant's content, in the variants' order (the testers see each the audience may get), or
-    one of its content. Returns the dispatches; none is made when one is refused.
+    one of its content; its ``now`` in the campaign's time zone, as its sends read it. Returns the
+    dispatches; none is made when one is refused.
     """
     from delivery.services.contents import pushcontent_test_send
 
@@ -475,6 +477,12 @@ def campaign_test_send(*, campaign_id: int, by: User) -> list[Dispatch]:
         sends = [(campaign.content, f"Test of {campaign.name}")]
     with transaction.atomic():
         return [
-            pushcontent_test_send(content_id=content.pk, by=by, context=campaign.send_context(), label=label)
+            pushcontent_test_send(
+                content_id=content.pk,
+                by=by,
+                context=campaign.send_context(),
+                label=label,
+                time_zone=campaign.time_zone,
+            )
             for content, label in sends
         ]

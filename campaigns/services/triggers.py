@@ -146,6 +146,7 @@ class _Approved:
     variants: list = field(default_factory=list)  # the approved variants (empty: one content)
     context: dict = field(default_factory=dict)  # what its stream gives the content: the approved version's
     holdout_share: int = 0
+    time_zone: str = ""  # the approved version's: its stream's content reads ``now`` in it
     variant_problems: dict = field(default_factory=dict)  # variant number -> payload problem, as above
     # For personalized content, when it is known without reading the profile: how large each
     # content it sends can grow with a profile (``delivery.payloads.ProfileBound``), with the room
@@ -188,6 +189,7 @@ class _Approved:
                 now=now,
                 variants=self.variants,
                 holdout_share=self.holdout_share,
+                time_zone=self.time_zone,
             )
         return self.stream_id
 
@@ -334,6 +336,7 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
         variants=approved.variants,
         holdout_share=approved.holdout_share,
         context=approved.send_context(),
+        time_zone=approved.time_zone,
     )
     specs = [spec, *(v["spec"] for v in entry.variants)]
     entry.personalized = any(spec_is_personalized(s) for s in specs)

@@ -307,6 +307,7 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
                     label=f"{campaign.name} v{approved.number}: the rest ({what})",
                     rate_limit_per_second=approved.throttle_per_second,
                     purpose=approved.purpose,
+                    time_zone=approved.time_zone,
                     context=approved.send_context(),
                     variants=variants,
                     holdout_share=approved.holdout_share,

@@ -90,11 +90,12 @@ def pushcontent_duplicate(*, content_id: int, by: User) -> PushContent:
 
 
 def pushcontent_test_send(
-    *, content_id: int, by: User, context: dict | None = None, label: str | None = None
+    *, content_id: int, by: User, context: dict | None = None, label: str | None = None, time_zone: str = ""
 ) -> Dispatch:
     """Send the content as it is now to its app's test devices (no approval needed), rendered with
-    ``context``: what the sends it tests give it (a campaign's ``{"campaign": {"id", "name"}}``);
-    ``label`` names the send (default: "Test of <content>").
+    ``context``: what the sends it tests give it (a campaign's ``{"campaign": {"id", "name"}}``),
+    its ``now`` in ``time_zone`` (a campaign's; "": UTC); ``label`` names the send (default:
+    "Test of <content>").
 
     Raises GateClosed when ``by`` may not send tests of this content, ValidationError when the
     content is not sendable.
@@ -109,6 +110,7 @@ def pushcontent_test_send(
         source_id=content.pk,
         label=label or f"Test of {content.name}",
         context=context or {},
+        time_zone=time_zone,
     )
 
 

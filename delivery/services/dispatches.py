@@ -154,6 +154,7 @@ def dispatch_create(
     local_time: str = "",
     local_default_timezone: str = "",
     local_late_minutes: int | None = None,
+    time_zone: str = "",
     variants: list[dict] | None = None,
     holdout_share: int = 0,
     sample: dict | None = None,
@@ -166,7 +167,8 @@ def dispatch_create(
     by a hash of profile and ``source_id``, and ``holdout_share`` percent get nothing; the gate is
     asked about them too. ``sample`` (``{part: 'sample' or 'rest', share, test}``, a winner-mode
     campaign's) narrows the audience to its sample of ``share`` percent, or to the rest, by a second
-    hash of profile and ``source_id``; the gate is asked about it.
+    hash of profile and ``source_id``; the gate is asked about it. ``time_zone`` (a campaign's) is
+    the zone its content's ``now`` renders in (at a ``local_time``, each profile's own); "": UTC.
     Raises GateClosed when the kind's gate refuses (or the kind has none), ValidationError when
     the spec is not sendable, InstanceMismatch on a copy of another instance's database.
     """
@@ -222,6 +224,7 @@ def dispatch_create(
             local_time=local_time,
             local_default_timezone=local_default_timezone,
             local_late_minutes=local_late_minutes,
+            time_zone=time_zone,
             created_by=by if by is not None and by.pk else None,
         )
         audit(actor=by, action="dispatch_created", obj=dispatch, summary={"kind": kind, "source_id": source_id})

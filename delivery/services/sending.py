@@ -11,10 +11,12 @@ worse than a missing one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +34,7 @@ from delivery.models import App, Delivery, Device, Dispatch, Platform
 from delivery.payloads import (
     APNS_LIMIT,
     RECIPIENT_CONTEXTS,
+    RenderedMessage,
     apns_options,
     apns_payload,
     collapse_key_sendable,
@@ -40,13 +43,15 @@ from delivery.payloads import (
     fcm_payload_fits,
     image_refused_for_app,
     message_render,
+    message_render_in,
     recipient_context,
     spec_is_personalized,
+    spec_reads_now,
 )
 from delivery.providers import Outcome, OutcomeKind
 from delivery.providers.apns import ApnsClient, ApnsMessage
 from delivery.providers.fcm import FcmClient, FcmMessage
-from delivery.rules import quiet_at_claim
+from delivery.rules import profile_zone, quiet_at_claim
 from delivery.services.apps import app_secrets_read
 from delivery.services.claims import Claimed, Result, deliveries_claim, deliveries_write_back
 from delivery.services.devices import devices_invalidate
@@ -120,13 +125,34 @@ CLIENTS = _Clients()
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pushdesk-send")
 
 
-def _needs_profiles(spec: dict) -> bool:
-    return spec_is_personalized(spec) or bool(spec.get("variants"))
+def _needs_profiles(spec: dict, dispatch: Dispatch) -> bool:
+    # At each profile's local time, a content reading ``now`` reads it in each profile's zone.
+    return (
+        spec_is_personalized(spec) or bool(spec.get("variants")) or (bool(dispatch.local_time) and spec_reads_now(spec))
+    )
 
 
 def dispatch_needs_profiles(dispatch: Dispatch) -> bool:
     """Whether any content the dispatch sends (each variant's) renders per profile."""
-    return any(_needs_profiles(spec) for spec in dispatch.all_specs())
+    return any(_needs_profiles(spec, dispatch) for spec in dispatch.all_specs())
+
+
+def message_renderer(spec: dict, dispatch: Dispatch) -> Callable[..., RenderedMessage]:
+    """How a batch renders ``spec`` (as ``message_render``): a content reading ``now``
+    (``spec_reads_now``) reads it in the zone its send is scheduled in, at each profile's local time
+    in the profile's own (``profile_zone``, falling back as the local time does); the others pay
+    nothing."""
+    if not (dispatch.time_zone or dispatch.local_time) or not spec_reads_now(spec):
+        return message_render
+    if not dispatch.local_time:
+        return functools.partial(message_render_in, zone=profile_zone(dispatch.time_zone, ""))
+    default = dispatch.local_default_timezone
+
+    def render(spec: dict, *, profile: dict, context: dict) -> RenderedMessage:
+        zone = profile_zone(profile.get("timezone"), default)
+        return message_render_in(spec, profile=profile, context=context, zone=zone)
+
+    return render
 
 
 def _send_platform(app: App, platform: str, messages: list, rows: list[Claimed]) -> list[Outcome]:
@@ -183,20 +209,22 @@ class _Contents:
         self.dispatch, self.own_contexts, self.now = dispatch, own_contexts, now
         self._by_variant: dict[int | None, tuple] = {}
 
-    def get(self, variant: int | None) -> tuple[dict, int, datetime, dict, object]:
-        """(spec, ttl, the dispatch's expiry, APNs options, the message shared by all or None)."""
+    def get(self, variant: int | None) -> tuple[dict, int, datetime, dict, object, Callable[..., RenderedMessage]]:
+        """(spec, ttl, the dispatch's expiry, APNs options, the message shared by all or None, how
+        a row's message is rendered: ``message_renderer``)."""
         found = self._by_variant.get(variant)
         if found is None:
             dispatch = self.dispatch
             spec = dispatch.spec_for(variant)
             ttl = int(spec.get("ttl_seconds") or 0)
+            render = message_renderer(spec, dispatch)
             shared = (
                 None
-                if _needs_profiles(spec) or self.own_contexts
-                else message_render(spec, profile={}, context=recipient_context(dispatch.context, None))
+                if _needs_profiles(spec, dispatch) or self.own_contexts
+                else render(spec, profile={}, context=recipient_context(dispatch.context, None))
             )
             expires = (dispatch.started_at or self.now) + timedelta(seconds=ttl)
-            found = self._by_variant[variant] = (spec, ttl, expires, apns_options(spec), shared)
+            found = self._by_variant[variant] = (spec, ttl, expires, apns_options(spec), shared, render)
         return found
 
 
@@ -222,7 +250,7 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
         if row.skip:  # logged out, opted out or handed to another user since the row was resolved
             results.append(Result(row.id, DS.SKIPPED, reason=row.skip))
             continue
-        spec, ttl, dispatch_expires, options, shared = contents.get(row.variant)
+        spec, ttl, dispatch_expires, options, shared, render = contents.get(row.variant)
         # The TTL runs once per delivery, from the dispatch's start or the end of the row's hold:
         # each attempt sends what remains. A TTL of 0 is "now or never" (APNs 0, FCM "0s").
         expires = batch.expires[row.id] = row.expires_at or dispatch_expires
@@ -233,7 +261,7 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
             continue
         expiration, ttl_left = (int(expires.timestamp()), remaining) if ttl else (0, 0)
         try:
-            message = shared or message_render(
+            message = shared or render(
                 spec,
                 profile=row.profile or {"attributes": {}},
                 context={**(dispatch.context or {}), **row.context}

@@ -118,6 +118,7 @@ def stream_open(
     now: dt.datetime | None = None,
     variants: list[dict] | None = None,
     holdout_share: int = 0,
+    time_zone: str = "",
 ) -> int:
     """The id of the open standing dispatch of (kind, source, version) for today, opened if needed.
 
@@ -127,7 +128,8 @@ def stream_open(
     ``spec`` (already validated when it was approved) is frozen on the dispatch. Safe to race: one stream per source, version and day is open at a
     time (a unique index), and the loser reads the winner's. Raises InstanceMismatch on a copy
     of another instance's database. ``variants`` and ``holdout_share`` (a campaign's) are frozen
-    with it; each call names its recipients' variants.
+    with it; each call names its recipients' variants. ``time_zone`` (a campaign's) is the zone its
+    content's ``now`` renders in; "": UTC.
     """
     from operations.instance import ensure_instance_claimed
 
@@ -180,6 +182,7 @@ def stream_open(
                 standing=True,
                 stream_version=version,
                 stream_day=day,
+                time_zone=time_zone,
                 created_by=by if by is not None and by.pk else None,
             )
             audit(

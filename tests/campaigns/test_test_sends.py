@@ -194,7 +194,75 @@ def test_a_send_renders_the_real_now_whatever_its_previews_show(
     with django_capture_on_commit_callbacks(execute=True):
         campaign_test_send(campaign_id=picks_campaign.pk, by=manager_alice)
     (received,) = pushsim.state.recent(token=tester.token)
-    assert received["body"] == f"Your picks for {dt.datetime.now(dt.UTC):%A} are waiting."
+    assert received["body"] == f"Your picks for {dt.datetime.now(ZoneInfo('Europe/Paris')):%A} are waiting."
+
+
+# 26 hours apart: at any moment one of them shows another day than UTC's.
+AHEAD, BEHIND = "Pacific/Kiritimati", "Etc/GMT+12"
+
+
+def other_day_zone() -> str:
+    """A zone whose day is not UTC's now, by hours either side (UTC+14 from noon UTC, UTC−12 before)."""
+    return AHEAD if dt.datetime.now(dt.UTC).hour >= 12 else BEHIND
+
+
+def test_a_campaigns_sends_render_now_in_its_time_zone(
+    named_campaign, pushsim, manager_alice, approver_bob, django_capture_on_commit_callbacks
+):
+    """A campaign's send, its test send and its API-triggered stream read ``now`` on the server's
+    clock (UTC): a campaign in Europe/Paris sending at 00:30 on a Monday said "Sunday". Each reads
+    it in the campaign's time zone, the one its schedule was entered in."""
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit, campaign_update
+    from campaigns.services.scheduling import campaign_fire_due
+    from campaigns.services.triggers import campaign_trigger
+    from delivery.models import Dispatch
+    from delivery.services.dispatches import dispatch_prepare
+    from delivery.services.sending import dispatch_send
+    from tests.factories import ProfileFactory
+
+    zone = other_day_zone()
+    day = f"Your picks for {dt.datetime.now(ZoneInfo(zone)):%A} are waiting."
+    assert day != f"Your picks for {dt.datetime.now(dt.UTC):%A} are waiting."
+    named_campaign.content.body = PICKS
+    named_campaign.content.save(update_fields=["body"])
+    access_grant(obj=named_campaign.app, to=approver_bob, by=None)
+    campaign = campaign_update(
+        campaign_id=named_campaign.pk,
+        by=manager_alice,
+        schedule_kind="at",
+        send_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+        time_zone=zone,
+    )
+    phone = DeviceFactory(app=campaign.app, platform="android", profile=ProfileFactory(locale="fr"))
+    tester = DeviceFactory(app=campaign.app, is_test=True, platform="ios")
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign_test_send(campaign_id=campaign.pk, by=manager_alice)
+    assert pushsim.state.recent(token=tester.token)[0]["body"] == day
+
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    campaign.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=False):
+        (fired,) = campaign_fire_due(campaign_id=campaign.pk, now=campaign.next_occurrence_at)
+        dispatch_prepare(dispatch_id=fired.dispatch.pk)
+    dispatch_send(dispatch_id=fired.dispatch.pk)
+    assert fired.dispatch.time_zone == zone
+    assert pushsim.state.recent(token=phone.token)[0]["body"] == day
+
+    triggered = campaign_update(
+        campaign_id=campaign.pk, by=manager_alice, kind="api_triggered", segment=None, schedule_kind="now"
+    )
+    campaign_submit(campaign_id=triggered.pk, by=manager_alice)
+    campaign_approve(campaign_id=triggered.pk, by=approver_bob)
+    with django_capture_on_commit_callbacks(execute=False):
+        campaign_trigger(
+            campaign_id=triggered.pk,
+            by=manager_alice,
+            recipients=[{"external_id": phone.profile.external_id}],
+            context={},
+        )
+    stream = Dispatch.objects.get(kind=Dispatch.Kind.API_TRIGGER, source_id=campaign.pk)
+    assert stream.time_zone == zone
 
 
 def test_a_test_send_pressed_on_the_campaigns_page_links_to_its_sends(client, named_campaign, manager_alice):
