@@ -24,6 +24,7 @@ from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 from accounts.approvals import may_be_referenced
 from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
 from accounts.roles import ADMINISTRATOR
+from config.labels import numbered
 
 
 def access_perm(model: type[models.Model]) -> str:
@@ -537,6 +538,46 @@ def approval_subjects(requests: list[ApprovalRequest]) -> dict[int, models.Model
         if row is not None:
             answer[request.pk] = row
     return answer
+
+
+def approval_subjects_hidden(user: User, requests: list[ApprovalRequest]) -> set[int]:
+    """The requests whose subject is still there but ``user`` may not see it now (``visible_to``):
+    their requester or decider who lost access to its app since, say. One query per kind of
+    subject, and one more per kind that has such subjects; none for an Administrator."""
+    if not requests or has_every_scope(user):
+        return set()
+    wanted: dict[int, set[str]] = {}
+    for request in requests:
+        wanted.setdefault(request.subject_type_id, set()).add(request.subject_id)
+    hidden: set[tuple[int, str]] = set()
+    for type_id, ids in wanted.items():
+        model = ContentType.objects.get_for_id(type_id).model_class()
+        if model is None:  # a model no longer installed
+            continue
+        rows = model._default_manager.filter(pk__in=ids)
+        unseen = ids - {str(pk) for pk in visible_to(user, rows).values_list("pk", flat=True)}
+        if unseen:
+            hidden |= {(type_id, str(pk)) for pk in rows.filter(pk__in=unseen).values_list("pk", flat=True)}
+    return {request.pk for request in requests if (request.subject_type_id, request.subject_id) in hidden}
+
+
+def approval_subjects_named(
+    user: User, requests: list[ApprovalRequest], *, hidden: set[int] | None = None
+) -> dict[int, str]:
+    """How ``user`` may name each request's subject, by request id: by the name it was submitted
+    with (``subject_label``) when they may see the subject now, or it was deleted since (its record
+    says so); by kind and number otherwise ("campaign #12", ``config.labels.numbered``), as a page
+    names what its reader may not see. The queries of ``approval_subjects_hidden``, unless the
+    caller found ``hidden`` already."""
+    if hidden is None:
+        hidden = approval_subjects_hidden(user, requests)
+    named = {}
+    for request in requests:
+        if request.pk in hidden:
+            named[request.pk] = numbered(request.subject_type.model_class()._meta.verbose_name, request.subject_id)
+        else:
+            named[request.pk] = request.subject_label
+    return named
 
 
 def _by_model(subjects) -> dict[type[models.Model], list[models.Model]]:

@@ -20,6 +20,7 @@ from accounts.selectors import (
     approval_requests_stuck_among,
     approval_requests_visible_to,
     approval_subjects,
+    approval_subjects_named,
     approvals_waiting_for,
     has_every_scope,
     visible_to,
@@ -104,7 +105,9 @@ def _stuck(request: ApprovalRequest, *, now: dt.datetime, undecidable: set[int])
 
 
 def approvals(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
-    """Requests waiting for the user's decision, and the user's own requests waiting for others."""
+    """Requests waiting for the user's decision (each named: who may decide one has access to its
+    subject), and the user's own requests waiting for others, each named when the user may see its
+    subject now (``approval_subjects_named``)."""
     changelist = reverse("admin:accounts_approvalrequest_changelist")
     waiting = Section("Waiting for my approval", empty="Nothing waits for you.")
     waiting.more_url = f"{changelist}?show=mine_to_decide"
@@ -119,10 +122,11 @@ def approvals(user: User, *, now: dt.datetime) -> tuple[Section, Section]:
     pending = list(pending.order_by("requested_at")[:LIST_LIMIT])
     sent = approvals_asked_at(pending)
     undecidable = approval_requests_stuck_among([r for r in pending if now - r.requested_at <= STUCK_AFTER])
+    named = approval_subjects_named(user, pending)  # a subject they lost access to since: by its number
     for request in pending:
         url = reverse("admin:accounts_approvalrequest_change", args=[request.pk])
         stuck = _stuck(request, now=now, undecidable=undecidable)
-        mine.items.append(Item(request.subject_label, url, f"sent for approval on {sent[request.pk]}", stuck))
+        mine.items.append(Item(named[request.pk], url, f"sent for approval on {sent[request.pk]}", stuck))
     return waiting, mine
 
 

@@ -688,3 +688,40 @@ def test_the_sent_back_box_shows_as_many_as_the_others_and_all_lists_them(
     rows = page.split('id="result_list"')[1]
     assert all(f">Sale {i}</a>" in rows for i in range(LIST_LIMIT + 1))
     assert "Submitted again" not in rows and "Mallory's" not in rows
+
+
+@pytest.mark.parametrize("requester", ["manager_alice", "approver_bob"])
+def test_my_requests_awaiting_others_name_a_campaign_its_requester_may_no_longer_see_by_its_number(
+    client, request, shop, requester
+):
+    from accounts.services import access_revoke
+
+    user = request.getfixturevalue(requester)
+    segment = SegmentFactory(created_by=user)
+    access_grant(obj=segment, to=user, by=None)
+    campaign = campaign_create(
+        by=user, name="Secret sale", app=shop, segment=segment, content=PushContentFactory(app=shop), kind="scheduled"
+    )
+    approval = campaign_submit(campaign_id=campaign.pk, by=user)
+    for obj in (shop, campaign):  # its creator is granted the campaign itself
+        access_revoke(obj=obj, to=user, by=None)
+    (mine,) = home_for(user)["sections"][3].items
+    assert mine.label == f"campaign #{campaign.pk}"
+    assert mine.url == f"/admin/accounts/approvalrequest/{approval.pk}/change/"
+    client.force_login(user)
+    assert "Secret sale" not in client.get("/admin/").content.decode()
+
+
+def test_my_requests_awaiting_others_name_every_campaign_to_an_administrator(client, admin_erin, shop):
+    segment = SegmentFactory(created_by=admin_erin)
+    campaign = campaign_create(
+        by=admin_erin,
+        name="Secret sale",
+        app=shop,
+        segment=segment,
+        content=PushContentFactory(app=shop),
+        kind="scheduled",
+    )
+    campaign_submit(campaign_id=campaign.pk, by=admin_erin)
+    (mine,) = home_for(admin_erin)["sections"][3].items
+    assert mine.label == "Secret sale"

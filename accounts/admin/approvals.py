@@ -22,6 +22,8 @@ from accounts.selectors import (
     approval_requests_stuck_among,
     approval_requests_visible_to,
     approval_subjects,
+    approval_subjects_hidden,
+    approval_subjects_named,
     approvals_waiting_for,
     approver_standing,
     policy_approver_problems,
@@ -229,9 +231,12 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
             stuck = approval_requests_stuck_among(page)
             unruled = [obj for obj in page if not obj.policies]
             moves = approval_app_moves(unruled, approval_subjects(unruled)) if unruled else {}
+            hidden = approval_subjects_hidden(request.user, page)
+            named = approval_subjects_named(request.user, page, hidden=hidden)
             for obj in page:
                 obj.stuck = obj.pk in stuck
                 obj.moves_app = obj.pk in moves
+                obj.subject_named, obj.subject_hidden = named[obj.pk], obj.pk in hidden
         return response
 
     def get_urls(self):
@@ -243,6 +248,15 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
             ),
             *super().get_urls(),
         ]
+
+    def get_object(self, request, object_id, from_field=None):
+        """The request as its reader may read it: its subject named as they may see it now
+        (``approval_subjects_named``), in the page's title and breadcrumbs too. Never saved: the
+        requests are read-only here."""
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:
+            obj.subject_label = approval_subjects_named(request.user, [obj])[obj.pk]
+        return obj
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         # The reader, for the subject's link (``subject_said``).
@@ -303,12 +317,14 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
 
     @admin.display(description="What", ordering="subject_label")
     def what(self, obj):
-        # Pending requests open the review (approvers decide there); decided ones their record.
-        if obj.status == ApprovalRequest.Status.PENDING:
+        """Its subject named as the reader may see it now (``approval_subjects_named``, found for
+        the changelist's whole page at once). Pending requests open the review (approvers decide
+        there), unless it would show a subject the reader may not see; the others their record."""
+        if obj.status == ApprovalRequest.Status.PENDING and not obj.subject_hidden:
             url = reverse("admin:accounts_approvalrequest_review", args=[obj.pk])
         else:
             url = reverse("admin:accounts_approvalrequest_change", args=[obj.pk])
-        return format_html('<a href="{}">{}</a>', url, obj.subject_label)
+        return format_html('<a href="{}">{}</a>', url, obj.subject_named)
 
     def review_view(self, request, request_id):
         approval = self.get_queryset(request).filter(pk=request_id).first()
@@ -324,6 +340,10 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
                 f"'{approval.subject_label}' was deleted since this request was made: nothing is left to review.",
                 messages.WARNING,
             )
+            return HttpResponseRedirect(reverse("admin:accounts_approvalrequest_change", args=[approval.pk]))
+        if approval_subjects_hidden(request.user, [approval]):  # its requester or decider, who lost access since
+            named = approval_subjects_named(request.user, [approval])[approval.pk]
+            self.message_user(request, f"You have no access to {named}: its review is not shown.", messages.WARNING)
             return HttpResponseRedirect(reverse("admin:accounts_approvalrequest_change", args=[approval.pk]))
         allowed, reason = approver_standing(request.user, approval)
         if request.method == "POST" and not allowed:

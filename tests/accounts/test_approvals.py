@@ -177,7 +177,8 @@ def test_edit_after_approval_voids_it(shop, manager_alice, approver_bob):
 
 
 def test_inbox_page_lists_what_waits_for_me(client, shop, manager_alice, approver_bob):
-    access_grant(obj=shop, to=approver_bob, by=None)
+    for user in (manager_alice, approver_bob):  # its requester names it only while they may see it
+        access_grant(obj=shop, to=user, by=None)
     _open(shop, manager_alice)
     client.force_login(approver_bob)
     page = client.get("/admin/accounts/approvalrequest/")
@@ -192,7 +193,7 @@ def test_inbox_page_lists_what_waits_for_me(client, shop, manager_alice, approve
 def test_the_inbox_opens_on_what_each_role_can_act_on(client, shop, manager_alice, approver_bob, viewer_carol):
     """An approver's inbox opens on what waits for them; a manager, who decides nothing, on their
     own requests; a viewer, who does neither, on all they can see."""
-    for user in (approver_bob, viewer_carol):
+    for user in (manager_alice, approver_bob, viewer_carol):
         access_grant(obj=shop, to=user, by=None)
     _open(shop, manager_alice)
     for user, selected in (
@@ -282,3 +283,98 @@ def test_a_request_nobody_may_decide_is_stuck(admin_erin, approver_bob, manager_
     approver_bob = type(approver_bob).objects.get(pk=approver_bob.pk)
     assert approval_request_stuck(request)
     assert approval_requests_stuck() == [request]
+
+
+def _campaign_submitted(app, by, name):
+    """A campaign of ``app`` that ``by`` created (and so was granted) and submitted, and its request."""
+    from campaigns.services.lifecycle import campaign_create, campaign_submit
+    from tests.factories import PushContentFactory, SegmentFactory
+
+    segment = SegmentFactory(created_by=by)
+    access_grant(obj=segment, to=by, by=None)
+    campaign = campaign_create(
+        by=by, name=name, app=app, segment=segment, content=PushContentFactory(app=app), kind="scheduled"
+    )
+    return campaign, campaign_submit(campaign_id=campaign.pk, by=by)
+
+
+def _revoke_everything(user, *objects):
+    from accounts.services import access_revoke
+
+    for obj in objects:
+        access_revoke(obj=obj, to=user, by=None)
+
+
+def _rows(page) -> str:
+    return page.content.decode().split('id="result_list"')[1]
+
+
+def test_the_request_list_names_a_campaign_only_to_a_reader_who_may_see_it_now(
+    client, manager_alice, approver_bob, admin_erin
+):
+    """A request keeps the name its campaign was submitted with: its requester and its decider, who
+    lost access to the campaign's app since, read it by number on the list, the request's page and
+    its review, as a page names what its reader may not see; an Administrator still reads the name."""
+    from campaigns.services.lifecycle import campaign_request_changes
+    from tests.factories import app_granted
+
+    shop = app_granted(manager_alice, approver_bob)
+    sent_back, decided = _campaign_submitted(shop, manager_alice, "Secret sale")
+    campaign_request_changes(campaign_id=sent_back.pk, by=approver_bob, comment="Shorter", request_id=decided.pk)
+    waiting, pending = _campaign_submitted(shop, manager_alice, "Hidden launch")
+    _revoke_everything(manager_alice, shop, sent_back, waiting)
+    _revoke_everything(approver_bob, shop)
+
+    for user, show in ((manager_alice, "my_requests"), (approver_bob, "all")):
+        client.force_login(user)
+        page = client.get("/admin/accounts/approvalrequest/", {"show": show})
+        rows = _rows(page)
+        assert f"campaign #{sent_back.pk}" in rows, user
+        assert "Secret sale" not in page.content.decode() and "Hidden launch" not in page.content.decode(), user
+        record = client.get(f"/admin/accounts/approvalrequest/{decided.pk}/change/").content.decode()
+        assert f"campaign #{sent_back.pk}" in record and "Secret sale" not in record, user
+    client.force_login(manager_alice)
+    rows = _rows(client.get("/admin/accounts/approvalrequest/", {"show": "my_requests"}))
+    # Its review would show the campaign: the line leads to the request's own page.
+    assert f'href="/admin/accounts/approvalrequest/{pending.pk}/change/">campaign #{waiting.pk}</a>' in rows
+    assert f"/admin/accounts/approvalrequest/{pending.pk}/review/" not in rows
+    review = client.get(f"/admin/accounts/approvalrequest/{pending.pk}/review/", follow=True)
+    assert review.redirect_chain == [(f"/admin/accounts/approvalrequest/{pending.pk}/change/", 302)]
+    html = review.content.decode()
+    assert "Hidden launch" not in html and f"You have no access to campaign #{waiting.pk}" in html
+
+    client.force_login(admin_erin)
+    rows = _rows(client.get("/admin/accounts/approvalrequest/", {"show": "all"}))
+    assert ">Secret sale</a>" in rows and ">Hidden launch</a>" in rows
+    record = client.get(f"/admin/accounts/approvalrequest/{decided.pk}/change/").content.decode()
+    assert "Secret sale" in record
+
+
+def test_the_request_list_names_hidden_campaigns_in_as_many_queries_for_many_rows_as_for_few(
+    client, manager_alice, approver_bob, django_assert_max_num_queries
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.factories import app_granted
+
+    shop = app_granted(manager_alice, approver_bob)
+    other = app_granted(manager_alice, approver_bob, name="Other")
+    _campaign_submitted(shop, manager_alice, "Seen 0")
+    gone, _request = _campaign_submitted(other, manager_alice, "Gone 0")
+    client.force_login(manager_alice)
+    _revoke_everything(manager_alice, other, gone)
+    url = "/admin/accounts/approvalrequest/?show=my_requests"
+    client.get(url)  # the caches every page fills (content types)
+    with CaptureQueriesContext(connection) as few:
+        client.get(url)
+    hidden = [gone]
+    access_grant(obj=other, to=manager_alice, by=None)
+    for i in range(1, 6):
+        _campaign_submitted(shop, manager_alice, f"Seen {i}")
+        hidden.append(_campaign_submitted(other, manager_alice, f"Gone {i}")[0])
+    _revoke_everything(manager_alice, other, *hidden)
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        rows = _rows(client.get(url))
+    assert all(f">Seen {i}</a>" in rows for i in range(6))
+    assert all(f">campaign #{campaign.pk}</a>" in rows for campaign in hidden) and "Gone" not in rows
