@@ -355,9 +355,10 @@ def segment_preview(
     if segment_id is not None and rules is None:
         segment = saved = segment_for(by, segment_id)
     else:
-        _check_rules(rules=rules, by=by, segment_id=segment_id)
         if segment_id is not None:
+            # 404 before the rules are checked: their cycle check reads the segment's uses.
             saved = segment_for(by, segment_id)
+        _check_rules(rules=rules, by=by, segment_id=segment_id)
         segment = Segment(pk=segment_id, kind=Segment.Kind.RULES, rules=rules)
     keep = keep and saved is not None and (rules is None or rules == saved.rules)
     read = segment_definition_read(saved) if keep else None  # before counting: what the count is of

@@ -198,6 +198,29 @@ def test_preview_of_a_segment_outside_access_is_404(login, manager_alice, manage
     assert login(manager_alice).get(f"/admin/audiences/segment/{theirs.pk}/preview/").status_code == 404
 
 
+def test_rules_previewed_for_a_segment_outside_access_are_404_not_checked_against_its_uses(
+    login, manager_alice, manager_mallory
+):
+    """Rules posted for a segment one may not see answer 404 before any check: their cycle check
+    read that segment's uses, and its error listed the segments between (theirs too)."""
+    from accounts.services import access_grant
+
+    secret = segment_create(name="Secret", rules=PRO, by=manager_mallory)
+    between = segment_create(name="Between", rules={"all": [{"segment": secret.pk}]}, by=manager_mallory)
+    shared = segment_create(name="Shared", rules={"all": [{"segment": between.pk}]}, by=manager_mallory)
+    access_grant(obj=shared, to=manager_alice, by=None)
+    client = login(manager_alice)
+    for posted in (
+        {"segment": secret.pk, "rules": {"all": [{"segment": shared.pk}]}},
+        {"segment": secret.pk, "rules": {"all": []}},
+    ):
+        response = client.post(
+            f"/admin/audiences/segment/{secret.pk}/preview/", json.dumps(posted), content_type="application/json"
+        )
+        assert response.status_code == 404
+        assert "between segments" not in response.content.decode()
+
+
 def test_static_segment_members_are_edited_by_external_id(login, manager_alice):
     ProfileFactory(external_id="a")
     static = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
