@@ -350,11 +350,14 @@ def phones_html(
     profile: dict | None = None,
     context: dict | None = None,
     as_of: dt.datetime | None = None,
+    time_zone: str = "",
 ) -> str:
     """A content spec as an iPhone and an Android phone would show it, for one profile (or a blank one),
-    with the ``context`` its sends give it, its ``now`` as of ``as_of`` (None: the real now)."""
+    with the ``context`` its sends give it, its ``now`` as of ``as_of`` (None: the real now) in
+    ``time_zone``, the zone its sends read it in ("": UTC)."""
     from delivery.payloads import message_render
-    from delivery.personalization import rendered_as_of
+    from delivery.personalization import rendered_as_of, rendered_in
+    from delivery.rules import profile_zone
 
     sample = profile or {
         "external_id": "sample",
@@ -363,7 +366,7 @@ def phones_html(
         "attributes": {},
     }
     try:
-        with rendered_as_of(as_of):
+        with rendered_as_of(as_of), rendered_in(profile_zone(time_zone, "")):
             message = message_render(spec, profile=sample, context=context or {})
         title, subtitle, body = message.title, message.subtitle, message.body
     except Exception as exc:  # a template that fails is itself what the approver must see
@@ -413,7 +416,8 @@ def campaign_phones_html(
     ``reader`` who may see it) and share, and the holdout's share. The variants are read with whether
     the reader may see each one's content, in one query. The app is named to a reader who may see it
     (``app_seen``, when the caller read it with the campaign), "app #3" to the others. A content that
-    reads ``now`` shows it as of the campaign's next send (``campaign_send_moment``), said below it."""
+    reads ``now`` shows it as of the campaign's next send (``campaign_send_moment``), said below it, in
+    its time zone, as its sends read it (at each profile's local time, the wall-clock time all read)."""
     from django.db.models import BooleanField, ExpressionWrapper, Q
 
     from accounts.selectors import visible_to
@@ -432,7 +436,14 @@ def campaign_phones_html(
     as_of = campaign_send_moment(campaign) if any(spec_reads_now(spec) for spec in specs) else None
     said = send_moment_html(as_of, time_zone=campaign.time_zone)
     if not variants:
-        phones = phones_html(specs[0], app_name=app_name, profile=profile, context=campaign.send_context(), as_of=as_of)
+        phones = phones_html(
+            specs[0],
+            app_name=app_name,
+            profile=profile,
+            context=campaign.send_context(),
+            as_of=as_of,
+            time_zone=campaign.time_zone,
+        )
         return format_html("{}{}", phones, said)
     phones = variants_phones_html(
         [
@@ -450,6 +461,7 @@ def campaign_phones_html(
         profile=profile,
         context=campaign.send_context(),
         as_of=as_of,
+        time_zone=campaign.time_zone,
     )
     return format_html("{}{}", phones, said)
 
@@ -464,7 +476,8 @@ def approved_phones_html(
 ) -> str:
     """An approved version's content (each of its variants, named to a ``reader`` who may see it) as
     phones would show it, with the ``context`` its sends give it; a content that reads ``now``
-    shows it as of the version's send due at ``due`` (``send_moment``), said below it."""
+    shows it as of the version's send due at ``due`` (``send_moment``), said below it, in the
+    version's time zone."""
     from delivery.payloads import spec_reads_now
 
     specs = [v["spec"] for v in approved.variants] or [approved.spec]
@@ -478,9 +491,12 @@ def approved_phones_html(
             app_name=app_name,
             context=context,
             as_of=as_of,
+            time_zone=approved.time_zone,
         )
     else:
-        phones = phones_html(approved.spec, app_name=app_name, context=context, as_of=as_of)
+        phones = phones_html(
+            approved.spec, app_name=app_name, context=context, as_of=as_of, time_zone=approved.time_zone
+        )
     return format_html("{}{}", phones, said)
 
 
@@ -493,10 +509,12 @@ def variants_phones_html(
     profile: dict | None = None,
     context: dict | None = None,
     as_of: dt.datetime | None = None,
+    time_zone: str = "",
 ) -> str:
     """Each variant (``{label, content, content_id, share, spec}``) as phones would show it, its
     content named only to a ``reader`` who may see it ("content #7" to the others), then the holdout.
-    Variants without ``content_id`` are said as their ``content`` says. ``now`` as of ``as_of``."""
+    Variants without ``content_id`` are said as their ``content`` says. ``now`` as of ``as_of``, in
+    ``time_zone``."""
     names = ReaderNames.of(reader, contents={v.get("content_id") for v in variants})
     parts = format_html_join(
         "",
@@ -507,7 +525,9 @@ def variants_phones_html(
                 v["label"],
                 names.content(v["content_id"], v["content"]) if v.get("content_id") is not None else v["content"],
                 v["share"],
-                phones_html(v["spec"], app_name=app_name, profile=profile, context=context, as_of=as_of),
+                phones_html(
+                    v["spec"], app_name=app_name, profile=profile, context=context, as_of=as_of, time_zone=time_zone
+                ),
             )
             for v in variants
         ],

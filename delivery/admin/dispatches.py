@@ -19,8 +19,10 @@ from config.labels import numbered
 from config.zones import zone, zoned, zoned_column
 from delivery.admin.contents import _spec_previews_html
 from delivery.models import App, Delivery, Dispatch, PushContent, rows_within
+from delivery.personalization import rendered_in
 from delivery.reasons import reason_html
 from delivery.reports import dispatch_held, report_charts, report_charts_html
+from delivery.rules import profile_zone
 from delivery.selectors import (
     deliveries_visible_to,
     devices_visible_to,
@@ -358,7 +360,12 @@ class DispatchAdmin(ScopedAdmin):
         """What it sent as phones show it: its frozen content, or each frozen variant under its label
         and share (its content named to a reader who may see it, "content #7" to the others) and the
         holdout's share; each one's JSON a click away. The text is the send's own: whoever may read
-        the send reads it (a Viewer granted its campaign alone), as the campaign's page shows it."""
+        the send reads it (a Viewer granted its campaign alone), as the campaign's page shows it; its
+        ``now`` in the send's zone (``Dispatch.time_zone``; at a local time, for a profile without one)."""
+        with rendered_in(profile_zone(obj.time_zone, obj.local_default_timezone)):
+            return self._content_sent(obj)
+
+    def _content_sent(self, obj):
         app_name = obj.app.name if getattr(obj, "app_seen", False) else numbered("app", obj.app_id)
         if not obj.variants:
             sent = _sent_html(obj.content_spec, app_name=app_name, context=_context_as_seen(obj))

@@ -338,3 +338,88 @@ def test_test_send_without_its_pages_token_is_refused_saying_so(client, named_ca
     answer = _press_test_send(client, named_campaign, token)
     assert answer.status_code == 200 and "nothing was done" in answer.content.decode()
     assert not Dispatch.objects.filter(kind="test").exists()
+
+
+def next_monday_at(wall: dt.time, zone: str) -> dt.datetime:
+    """The next Monday (not today) at ``wall`` in ``zone``."""
+    today = dt.datetime.now(ZoneInfo(zone)).date()
+    monday = today + dt.timedelta(days=7 - today.weekday())
+    return dt.datetime.combine(monday, wall, tzinfo=ZoneInfo(zone))
+
+
+@pytest.mark.parametrize("at_local_time", [False, True], ids=["in_paris", "at_each_profiles_local_time"])
+def test_a_paris_campaign_sending_at_00_30_on_monday_previews_monday_as_its_send_renders_it(
+    picks_campaign, client, manager_alice, approver_bob, at_local_time
+):
+    """Its previews rendered the moment of its send on the server's clock (UTC): 23:30 on Sunday.
+    Its page, the approver's review, its approved version's preview and the send itself read Monday,
+    the day in the zone the send is scheduled in (at each profile's local time: the wall-clock time
+    every zone sends at)."""
+    from campaigns.services.lifecycle import campaign_approve, campaign_submit, campaign_update
+    from campaigns.services.scheduling import campaign_fire_due
+    from delivery.personalization import rendered_as_of
+    from delivery.services.sending import message_renderer
+
+    monday = "Your picks for Monday are waiting."
+    campaign = campaign_update(
+        campaign_id=picks_campaign.pk,
+        by=manager_alice,
+        send_at=next_monday_at(dt.time(0, 30), "Europe/Paris"),
+        at_local_time=at_local_time,
+    )
+    page_url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+    client.force_login(manager_alice)
+    page = client.get(page_url).content.decode()
+    assert monday in page and "Sunday" not in page
+
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    access_grant(obj=campaign.app, to=approver_bob, by=None)
+    client.force_login(approver_bob)
+    review = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert monday in review and "Sunday" not in review
+
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    campaign.refresh_from_db()
+    client.force_login(manager_alice)
+    page = client.get(page_url).content.decode()
+    assert monday in page and "Sunday" not in page
+
+    # The send renders what the previews show, as of its moment.
+    (fired,) = campaign_fire_due(campaign_id=campaign.pk, now=campaign.next_occurrence_at)
+    spec = fired.dispatch.content_spec
+    profiles = [{"timezone": name, "attributes": {}} for name in ("", "Asia/Tokyo", "America/New_York")]
+    for profile in profiles if at_local_time else profiles[:1]:
+        zone = ZoneInfo(profile["timezone"] or "Europe/Paris")
+        moment = dt.datetime.combine(next_monday_at(dt.time(0, 30), "Europe/Paris").date(), dt.time(0, 30), zone)
+        with rendered_as_of(moment):
+            sent = message_renderer(spec, fired.dispatch)(spec, profile=profile, context={})
+        assert sent.body == monday
+
+
+def test_an_api_triggered_campaigns_preview_reads_the_real_now_in_its_zone(named_campaign, manager_alice):
+    from campaigns.services.lifecycle import campaign_update
+
+    named_campaign.content.body = PICKS
+    named_campaign.content.save(update_fields=["body"])
+    zone = other_day_zone()
+    triggered = campaign_update(
+        campaign_id=named_campaign.pk, by=manager_alice, kind="api_triggered", segment=None, time_zone=zone
+    )
+    shown = campaign_phones_html(triggered, reader=manager_alice)
+    assert f"Your picks for {dt.datetime.now(ZoneInfo(zone)):%A} are waiting." in shown and "as of" not in shown
+
+
+def test_a_dispatchs_page_shows_its_content_as_its_zone_reads_now(
+    named_campaign, client, manager_alice, django_capture_on_commit_callbacks
+):
+    named_campaign.content.body = PICKS
+    named_campaign.content.save(update_fields=["body"])
+    zone = other_day_zone()
+    DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
+    named_campaign.time_zone = zone
+    named_campaign.save(update_fields=["time_zone"])
+    with django_capture_on_commit_callbacks(execute=False):
+        (dispatch,) = campaign_test_send(campaign_id=named_campaign.pk, by=manager_alice)
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/delivery/dispatch/{dispatch.pk}/change/").content.decode()
+    assert f"Your picks for {dt.datetime.now(ZoneInfo(zone)):%A} are waiting." in page
