@@ -27,6 +27,7 @@ from campaigns.models import Campaign, WinnerTest
 from campaigns.occurrence_admin import OccurrenceInline, latest_summary, occurrences_summary
 from campaigns.reports import campaign_charts, campaign_report, campaign_report_csv, report_named
 from campaigns.review import (
+    ReaderNames,
     approved_phones_html,
     audience_kept_text,
     campaign_phones_html,
@@ -954,7 +955,14 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         try:
             counted = audience_kept_text(campaign, reader=request.user, count=True)
         except RulesInvalid as exc:  # its segment's rules saved before a check existed: said where they break
-            text = rules_invalid_text(campaign.segment.rules, exc.errors)
+            said = ReaderNames.of(request.user, segments={campaign.segment_id}).segments.get(campaign.segment_id)
+            if said is None:  # a segment the reader may not see: its rules are not theirs to read
+                text = (
+                    f"the rules of {numbered('segment', campaign.segment_id)} no longer hold; whoever may edit it "
+                    "can correct them"
+                )
+            else:
+                text = rules_invalid_text(campaign.segment.rules, exc.errors)
             self.message_user(request, f"Audience not counted: {text}.", messages.ERROR)
         else:
             self.message_user(request, f"Audience counted: {counted}.", messages.SUCCESS)

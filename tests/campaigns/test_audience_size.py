@@ -314,3 +314,23 @@ def test_count_now_of_a_segment_whose_saved_rules_no_longer_hold_says_why(
     page = response.content.decode()
     assert "Audience not counted: Condition 1 (age is more than): expected a number, got a string." in page
     assert client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").status_code == 200
+
+
+def test_count_now_of_a_segment_the_reader_may_not_see_whose_rules_no_longer_hold_tells_nothing_of_its_rules(
+    client, make_campaign, segment, manager_mallory
+):
+    """mallory edits the campaign through its app, not its segment (alice's): its page says the
+    segment by number, and Count now's refusal did not, spelling out its rules ("Condition 1 (age is
+    more than): ..."); it says the segment by number alone, as the page does."""
+    campaign = make_campaign()
+    broken = {"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    Segment.objects.filter(pk=segment.pk).update(kind=Segment.Kind.RULES, rules=broken)
+    client.force_login(manager_mallory)
+    response = client.post(f"/admin/campaigns/campaign/{campaign.pk}/count-audience/", follow=True)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert (
+        f"Audience not counted: the rules of segment #{segment.pk} no longer hold; whoever may edit it can correct "
+        "them." in page
+    )
+    assert "age is more than" not in page and "Everyone" not in page
