@@ -544,7 +544,9 @@ class Compiler:
             raise RulesInvalid([RuleError("rules", "cycle", f"cycle between segments: {chain}")])
         if segment_id in self.refused:
             said = "; ".join(str(e) for e in self.refused[segment_id])
-            message = f"segment {segment_id} ({segment.name}) uses a rule saved before it was checked: {said}"
+            # By number alone, as a cycle is said: the message reaches readers who may not see the
+            # segment (a page compiling a segment that uses it, a send's reason).
+            message = f"segment {segment_id} uses a rule saved before it was checked: {said}"
             raise RulesInvalid([RuleError("rules", "segment_rules_invalid", message)])
         if segment.kind == Segment.Kind.RULES:
             q = self.node(segment.rules, (*stack, segment_id)) if segment.rules else Q(pk__in=[])

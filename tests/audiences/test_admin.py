@@ -221,6 +221,31 @@ def test_rules_previewed_for_a_segment_outside_access_are_404_not_checked_agains
         assert "between segments" not in response.content.decode()
 
 
+def test_a_segment_using_one_whose_saved_rules_no_longer_hold_names_it_by_number_alone(
+    login, manager_alice, manager_mallory
+):
+    """A segment alice may see, using one she may not whose saved rules no longer hold: its preview
+    and its Count now said that segment by its name ("segment 12 (Secret VIPs) uses a rule saved
+    before it was checked"), on every page and send that compiles it; by its number alone now, as a
+    cycle is said."""
+    from accounts.services import access_grant
+
+    secret = segment_create(name="Secret VIPs", rules=PRO, by=manager_mallory)
+    broken = {"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    Segment.objects.filter(pk=secret.pk).update(rules=broken)
+    shared = segment_create(name="Shared", rules={"all": [{"segment": secret.pk}]}, by=manager_mallory)
+    access_grant(obj=shared, to=manager_alice, by=None)
+    client = login(manager_alice)
+    preview = client.get(f"/admin/audiences/segment/{shared.pk}/preview/")
+    assert preview.status_code == 400
+    said = f"segment {secret.pk} uses a rule saved before it was checked: rules.all[0].value: expected a number"
+    assert said in preview.json()["errors"][0]["message"]
+    assert "Secret VIPs" not in preview.content.decode()
+    counted = client.post(f"/admin/audiences/segment/{shared.pk}/count/", follow=True)
+    assert said in counted.content.decode()
+    assert "Secret VIPs" not in counted.content.decode()
+
+
 def test_static_segment_members_are_edited_by_external_id(login, manager_alice):
     ProfileFactory(external_id="a")
     static = segment_create(name="Kept", kind=Segment.Kind.STATIC, by=manager_alice)
