@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
@@ -327,6 +328,25 @@ class CampaignForm(ConversionFormMixin, forms.ModelForm):
         except ValidationError as exc:
             for name, problems in exc.message_dict.items():
                 self.add_error(name if name in self.fields else None, problems)
+            return
+        self._past_send_clean(data)
+
+    def _past_send_clean(self, data: dict) -> None:
+        """Refuse a one-off send at a time that has passed, when it is set: approved, it would be sent
+        late or, past its missed-send window, never. One saved before stays as it is (the review says
+        what an approval then does)."""
+        send_at, schedule_kind = data.get("send_at"), data.get("schedule_kind")
+        if (data.get("kind") or self.instance.kind) != Campaign.Kind.SCHEDULED:
+            return
+        if schedule_kind != Campaign.ScheduleKind.AT or send_at is None or send_at > timezone.now():
+            return
+        if self.instance.pk and (send_at, schedule_kind) == (self.instance.send_at, self.instance.schedule_kind):
+            return
+        self.add_error(
+            "send_at",
+            f"{zoned(send_at, data.get('time_zone') or 'UTC')} has passed: choose a later time, "
+            "or 'Send when approved'.",
+        )
 
 
 class _StatusFilter(ActiveStatusFilter):

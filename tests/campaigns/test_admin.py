@@ -602,6 +602,44 @@ def test_a_first_send_at_a_time_the_clocks_skip_is_refused_naming_the_field(clie
     assert Campaign.objects.get(pk=campaign.pk).send_at.isoformat() == "2027-10-31T00:30:00+00:00"
 
 
+def test_a_one_off_send_at_a_time_that_has_passed_is_refused_naming_the_field(client, make_campaign, manager_alice):
+    """A one-off send typed for yesterday was saved and submitted without a word: only the approver's
+    review said it would never be sent. The form refuses a time that has passed when it is set; one
+    saved before, the campaign otherwise edited, is kept."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from tests.campaigns.helpers import change_form
+
+    campaign = make_campaign()
+    client.force_login(manager_alice)
+    yesterday = timezone.now().astimezone(ZoneInfo("Asia/Tokyo")) - dt.timedelta(days=1)
+    typed = {
+        "schedule_kind": "at",
+        "send_at_0": yesterday.strftime("%Y-%m-%d"),
+        "send_at_1": yesterday.strftime("%H:%M"),
+        "time_zone": "Asia/Tokyo",
+    }
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+    answer = client.post(url, change_form(campaign, **typed))
+    assert answer.status_code == 200
+    page = answer.content.decode()
+    row = page[page.index("field-send_at") :]
+    said = row[: row.index("</div>", row.index("errorlist"))]
+    assert f"{yesterday:%Y-%m-%d %H:%M} (Asia/Tokyo) has passed" in said
+    assert f'value="{typed["send_at_0"]}"' in page  # what was typed is still there
+    assert Campaign.objects.get(pk=campaign.pk).schedule_kind == "now"
+
+    # Saved before it passed, the time is kept through an edit of the rest.
+    Campaign.objects.filter(pk=campaign.pk).update(
+        schedule_kind="at", send_at=yesterday.replace(second=0, microsecond=0), time_zone="Asia/Tokyo"
+    )
+    campaign.refresh_from_db()
+    answer = client.post(url, change_form(campaign, name="Renamed", **typed))
+    assert answer.status_code == 302
+    assert Campaign.objects.get(pk=campaign.pk).name == "Renamed"
+
+
 @pytest.mark.parametrize("method", ["get", "post"])
 def test_the_review_of_a_request_whose_draft_was_deleted_leads_to_its_record(
     client, make_campaign, manager_alice, approver_bob, method
