@@ -5,7 +5,7 @@ import codecs
 from django.conf import settings
 from rest_framework import exceptions
 from rest_framework import status as http_status
-from rest_framework.parsers import JSONParser, get_encoding
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser, get_encoding
 
 from accounts.json_values import json_parse
 
@@ -51,3 +51,27 @@ class ApiJSONParser(JSONParser):
             return json_parse(text, unique_keys=True)
         except ValueError as exc:
             raise exceptions.ParseError(f"JSON parse error - {exc}") from exc
+
+
+class _FormCharset:
+    """A form body read in the charset it declares, refused with a 400 naming that charset when its
+    decoder fails instead of replacing what it cannot read: Django reads a form's text with the
+    'replace' handler, which some codecs do not take (idna), and some fail on text not theirs
+    anyway (punycode); the UnicodeError was a 500."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except UnicodeError as exc:
+            charset = get_encoding(parser_context or {})
+            raise exceptions.ParseError(
+                f"Form parse error - the body cannot be read as {charset}, the charset it declares: send it in UTF-8."
+            ) from exc
+
+
+class ApiMultiPartParser(_FormCharset, MultiPartParser):
+    pass
+
+
+class ApiFormParser(_FormCharset, FormParser):
+    pass

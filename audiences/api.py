@@ -17,7 +17,6 @@ from django.urls import path
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -56,7 +55,7 @@ from accounts.json_values import (
 )
 from accounts.models import ApiKey
 from accounts.pagination import ListQuery, QueryInteger, page_response, page_schema, query_params_valid
-from accounts.parsers import ApiJSONParser
+from accounts.parsers import ApiFormParser, ApiJSONParser, ApiMultiPartParser
 from audiences.imports import ErrorFile, ImportRefused, columns_problem
 from audiences.models import EventBulkRequest, Import, Profile, Segment
 from audiences.rules.schema import KEY_RE, RulesInvalid
@@ -784,7 +783,7 @@ class ImportCreateView(APIView):
     ``insufficient_scope`` naming ``target``)."""
 
     required_scope = "ingest"
-    parser_classes = [MultiPartParser, FormParser, ApiJSONParser]
+    parser_classes = [ApiMultiPartParser, ApiFormParser, ApiJSONParser]
 
     @extend_schema(
         operation_id="import_create",

@@ -195,3 +195,28 @@ def test_a_form_body_of_too_many_fields_or_files_is_said_so(manager_alice, api_k
     assert (response.status_code, response["Content-Type"]) == (400, "application/json")
     assert response.json() == {"code": "too_many_files", "detail": "The body has more than 100 files."}
     assert not Import.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (
+            "multipart/form-data; boundary=B; charset=idna",
+            b'--B\r\nContent-Disposition: form-data; name="target"\r\n\r\nprofiles\r\n--B--\r\n',
+        ),
+        ("application/x-www-form-urlencoded; charset=punycode", b"target=new_segment&segment_name=Spring_sale"),
+    ],
+    ids=["multipart-idna", "form-punycode"],
+)
+def test_a_form_body_its_charset_cannot_read_is_a_parse_error(manager_alice, api_key_for, content_type, body):
+    """A form body declaring a charset whose decoder fails rather than replacing what it cannot read
+    (idna takes no 'replace', punycode refuses text that is not punycode) was a 500."""
+    from audiences.models import Import
+
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    response = client.generic("POST", "/api/v1/imports/", body, content_type=content_type)
+    assert (response.status_code, response["Content-Type"]) == (400, "application/json")
+    assert response.json()["code"] == "parse_error"
+    charset = content_type.rpartition("=")[2]
+    assert f"cannot be read as {charset}" in response.json()["detail"]
+    assert not Import.objects.exists()
