@@ -107,7 +107,7 @@ class _Validator:
             self.fail(here, "wrong_type", f"a group's children must be a list, not {_json_type(children)}")
             return
         if not children:
-            self.fail(here, "empty_group", f"the group '{kind}' is empty: add at least one condition")
+            self.fail(here, "empty_group", "the group is empty: add at least one condition")
             return
         for index, child in enumerate(children):
             self.node(child, f"{here}[{index}]", depth + 1)

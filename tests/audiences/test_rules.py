@@ -634,6 +634,15 @@ def test_empty_group_is_refused():
     assert errors_of({"none": []}) == [("rules.none", "empty_group")]
 
 
+@pytest.mark.parametrize("group", ["all", "any", "none"])
+def test_an_empty_group_is_named_as_the_builder_does_never_by_its_code(group):
+    """The admin read "The rules: the group 'all' is empty", the builder's group saying "Match ALL
+    of"; the place before the message names the group, the message says what to do."""
+    with pytest.raises(RulesInvalid) as info:
+        rules_validate({group: []})
+    assert [e.message for e in info.value.errors] == ["the group is empty: add at least one condition"]
+
+
 def test_unknown_node_and_unknown_keys_are_refused():
     assert errors_of({"all": [{"colour": "red"}]}) == [("rules.all[0]", "unknown_node")]
     assert errors_of({"all": [{"all": [col("locale", "exists")], "any": [col("locale", "exists")]}]}) == [
