@@ -80,6 +80,30 @@ def test_an_event_condition_says_time_and_day_for_one_and_times_and_days_for_mor
     assert "time(s)" not in row.inner_text()
 
 
+def test_an_event_condition_without_days_reads_as_ever_not_in_the_last_days(login, page, live_server, manager_alice):
+    """With the days box emptied (its placeholder "ever"), the row read "at least 1 time in the last
+    ever days"; it reads "at least 1 time ever", as the rule is described elsewhere (no "in the
+    last"), and the words come back with a number of days."""
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/audiences/segment/add/")
+    builder = page.locator(".rule-builder")
+    builder.locator("button", has_text="+ condition").first.click()
+    builder.locator(".rb-row select[aria-label='condition kind']").first.select_option("event")
+    row = builder.locator(".rb-row").nth(0)
+    count, within = row.locator("input[type=number]").nth(0), row.locator("input[type=number]").nth(1)
+    within.fill("")
+    assert (row.locator(".rb-times").inner_text(), row.locator(".rb-days").inner_text()) == ("time", "")
+    assert within.get_attribute("placeholder") == "ever"
+    assert "in the last" not in row.inner_text()
+    count.fill("2")
+    assert row.locator(".rb-times").inner_text() == "times"
+    within.fill("7")
+    assert (row.locator(".rb-times").inner_text(), row.locator(".rb-days").inner_text()) == (
+        "times in the last",
+        "days",
+    )
+
+
 def test_the_builder_trims_text_compared_whole_as_it_is_typed(login, page, live_server, manager_alice):
     """The server refuses 'plan is "pro "' (white space around text compared whole): the builder
     trims what is typed under is / is not / is one of / is none of, so the segment saves; 'contains'

@@ -301,12 +301,13 @@
     var self = this;
     row.appendChild(select([["true", "did"], ["false", "did not do"]], String(node.did !== false), function (v) { node.did = v === "true"; self.sync(); }, "did"));
     row.appendChild(input("text", node.event, function (v) { node.event = v; self.sync(); }, { list: this.uid + "-events", placeholder: "event name" }));
-    // "1 time in the last 1 day", "2 times in the last 30 days": the words follow the numbers typed.
+    // "1 time in the last 1 day", "2 times in the last 30 days": the words follow the numbers typed;
+    // without days (the box says "ever"), "1 time ever".
     var times = el("span", { className: "rb-label rb-times" });
     var days = el("span", { className: "rb-label rb-days" });
     function words() {
-      times.textContent = (node.min_count || 1) === 1 ? "time in the last" : "times in the last";
-      days.textContent = node.within_days === 1 ? "day" : "days";
+      times.textContent = ((node.min_count || 1) === 1 ? "time" : "times") + (node.within_days ? " in the last" : "");
+      days.textContent = !node.within_days ? "" : node.within_days === 1 ? "day" : "days";
     }
     row.appendChild(el("span", { className: "rb-label", text: "at least" }));
     row.appendChild(input("number", node.min_count || 1, function (v) { node.min_count = Math.max(1, parseInt(v, 10) || 1); words(); self.sync(); }, { min: 1, className: "rb-small" }));
