@@ -57,13 +57,15 @@ class _FormCharset:
     """A form body read in the charset it declares, refused with a 400 naming that charset when its
     decoder fails instead of replacing what it cannot read: Django reads a form's text with the
     'replace' handler, which some codecs do not take (idna), and some fail on text not theirs
-    anyway (punycode); the UnicodeError was a 500."""
+    anyway (punycode); the UnicodeError was a 500, or, raised inside Django's reading of a
+    urlencoded body, taken for its fields passing Django's count."""
 
     def parse(self, stream, media_type=None, parser_context=None):
+        charset = get_encoding(parser_context or {})
         try:
+            codecs.decode(b"", charset, "replace")  # a codec refusing the handler refuses it before any input
             return super().parse(stream, media_type, parser_context)
         except UnicodeError as exc:
-            charset = get_encoding(parser_context or {})
             raise exceptions.ParseError(
                 f"Form parse error - the body cannot be read as {charset}, the charset it declares: send it in UTF-8."
             ) from exc

@@ -220,3 +220,23 @@ def test_a_form_body_its_charset_cannot_read_is_a_parse_error(manager_alice, api
     charset = content_type.rpartition("=")[2]
     assert f"cannot be read as {charset}" in response.json()["detail"]
     assert not Import.objects.exists()
+
+
+def test_a_form_body_in_a_charset_that_cannot_replace_is_not_said_to_have_too_many_fields(manager_alice, api_key_for):
+    """Django reads a form's escapes with the 'replace' handler, which idna refuses: the error was
+    taken for the body's fields passing Django's count ("The body has more than 1000 fields.")."""
+    from audiences.models import Import
+
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    response = client.generic(
+        "POST",
+        "/api/v1/imports/",
+        b"target=new_segment&segment_name=Spring%20sale",
+        content_type="application/x-www-form-urlencoded; charset=idna",
+    )
+    assert (response.status_code, response["Content-Type"]) == (400, "application/json")
+    assert response.json() == {
+        "code": "parse_error",
+        "detail": "Form parse error - the body cannot be read as idna, the charset it declares: send it in UTF-8.",
+    }
+    assert not Import.objects.exists()
