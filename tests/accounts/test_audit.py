@@ -144,3 +144,58 @@ def test_the_lists_dates_say_the_zone_their_days_are_in(client, admin_erin, even
         page = client.get("/admin/accounts/auditevent/", params).content.decode()
         nav = page[page.index('<nav class="toplinks">') :]
         assert '<span class="date-zone">(days in UTC)</span>' in nav[: nav.index("</nav>")]
+
+
+def test_a_readers_own_events_name_an_object_only_while_they_may_see_it(
+    client, manager_alice, approver_bob, admin_erin, django_assert_max_num_queries
+):
+    """A Manager reads the events of their own actions: those about a campaign whose app they lost
+    access to since say it by kind and number, their name, the request's and the summary not shown;
+    an Administrator reads them all by name. One query per kind of object for a whole page."""
+    from django.db import connection, reset_queries
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.services import access_grant, access_revoke
+    from campaigns.services.lifecycle import campaign_create, campaign_submit
+    from tests.factories import PushContentFactory, SegmentFactory, app_granted
+
+    shop = app_granted(manager_alice, approver_bob)
+    segment = SegmentFactory(created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+
+    def submitted(name):
+        campaign = campaign_create(
+            by=manager_alice, name=name, app=shop, segment=segment, content=PushContentFactory(app=shop)
+        )
+        campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+        return campaign
+
+    campaign = submitted("Secret sale")
+    created = AuditEvent.objects.get(action="campaign_created", object_id=str(campaign.pk))
+    for obj in (shop, campaign):
+        access_revoke(obj=obj, to=manager_alice, by=None)
+    client.force_login(manager_alice)
+    client.get("/admin/accounts/auditevent/")  # the caches every page fills (content types)
+    reset_queries()  # the log keeps the last 9,000: the campaigns made above may have filled it
+    with CaptureQueriesContext(connection) as queries:
+        listing = client.get("/admin/accounts/auditevent/").content.decode()
+    few = len(queries.captured_queries)
+    table = listing.split('id="result_list"')[1].split("</table>")[0]
+    assert "Secret sale" not in listing and f"campaign #{campaign.pk}" in table
+    page = client.get(f"/admin/accounts/auditevent/{created.pk}/change/").content.decode()
+    assert "Secret sale" not in page and f"campaign #{campaign.pk}" in page
+    assert "not shown: it names a campaign you have no access to" in page
+
+    access_grant(obj=shop, to=manager_alice, by=None)
+    hidden = [submitted(f"Secret {i}") for i in range(5)]
+    access_revoke(obj=shop, to=manager_alice, by=None)
+    for obj in hidden:
+        access_revoke(obj=obj, to=manager_alice, by=None)
+    with django_assert_max_num_queries(few):
+        listing = client.get("/admin/accounts/auditevent/").content.decode()
+    assert "Secret" not in listing
+
+    client.force_login(admin_erin)
+    listing = client.get("/admin/accounts/auditevent/").content.decode()
+    assert "Secret sale" in listing and all(f"Secret {i}" in listing for i in range(5))
+    assert "Secret sale" in client.get(f"/admin/accounts/auditevent/{created.pk}/change/").content.decode()
