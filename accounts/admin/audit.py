@@ -3,8 +3,9 @@
 from django.contrib import admin
 from django.contrib.admin.utils import display_for_field
 from django.contrib.contenttypes.models import ContentType
+from django.db.models import Q
 from django.utils.html import format_html
-from django.utils.text import capfirst
+from django.utils.text import capfirst, smart_split, unescape_string_literal
 
 from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, VisibleRelatedFilter
 from accounts.models import ApprovalRequest, AuditEvent, audit_action_words
@@ -68,6 +69,13 @@ def events_of_hidden_objects(request, events) -> set[int]:
     for event in events:
         if event.object_type_id and event.object_id:
             wanted.setdefault(event.object_type_id, set()).add(event.object_id)
+    hidden = _hidden_objects(request, wanted)
+    return {event.pk for event in events if (event.object_type_id, event.object_id) in hidden}
+
+
+def _hidden_objects(request, wanted: dict[int, set[str]]) -> set[tuple[int, str]]:
+    """Of the objects ``wanted`` (their ids by content type), those still there that ``request``'s
+    user may not see now (``events_of_hidden_objects``), as (content type id, id)."""
     site = admin.site
     hidden: set[tuple[int, str]] = set()
     for type_id, ids in wanted.items():
@@ -86,7 +94,7 @@ def events_of_hidden_objects(request, events) -> set[int]:
         if unseen := ids - seen:
             there = model._default_manager.filter(pk__in=unseen).values_list("pk", flat=True)
             hidden |= {(type_id, str(pk)) for pk in there}
-    return {event.pk for event in events if (event.object_type_id, event.object_id) in hidden}
+    return hidden
 
 
 def _withheld(event: AuditEvent) -> None:
@@ -136,6 +144,39 @@ class AuditEventAdmin(ReadOnlyAdminMixin, BigTableAdmin):
         if event is not None and events_of_hidden_objects(request, [event]):
             _withheld(event)
         return event
+
+    def get_search_results(self, request, queryset, search_term):
+        """Found by the name of an object their reader may not see now, an event would tell it: such
+        events are found by the other fields alone (who, what was done). The objects asked about are
+        those whose name holds a word of the search, each once, by kind."""
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        words = [  # as Django's search reads them
+            unescape_string_literal(word) if word[0] in "\"'" and len(word) > 1 and word[0] == word[-1] else word
+            for word in smart_split(search_term)
+        ]
+        if not words or has_every_scope(request.user):
+            return results, may_have_duplicates
+        by_name = Q()
+        for word in words:
+            by_name |= Q(object_label__icontains=word)
+        wanted: dict[int, set[str]] = {}
+        for type_id, object_id in (
+            queryset.filter(by_name).order_by().values_list("object_type_id", "object_id").distinct()
+        ):
+            if type_id and object_id:
+                wanted.setdefault(type_id, set()).add(object_id)
+        hidden: dict[int, set[str]] = {}
+        for type_id, object_id in _hidden_objects(request, wanted):
+            hidden.setdefault(type_id, set()).add(object_id)
+        if not hidden:
+            return results, may_have_duplicates
+        of_hidden = Q()
+        for type_id, ids in hidden.items():
+            of_hidden |= Q(object_type_id=type_id, object_id__in=sorted(ids))
+        by_the_rest = Q()
+        for word in words:
+            by_the_rest &= Q(actor_label__icontains=word) | Q(action__icontains=word)
+        return results.exclude(of_hidden & ~by_the_rest), may_have_duplicates
 
     @admin.display(description="Summary")
     def summary_shown(self, obj):

@@ -199,3 +199,27 @@ def test_a_readers_own_events_name_an_object_only_while_they_may_see_it(
     listing = client.get("/admin/accounts/auditevent/").content.decode()
     assert "Secret sale" in listing and all(f"Secret {i}" in listing for i in range(5))
     assert "Secret sale" in client.get(f"/admin/accounts/auditevent/{created.pk}/change/").content.decode()
+
+
+def test_a_readers_search_finds_no_event_by_the_name_of_an_object_they_may_not_see(client, manager_alice, admin_erin):
+    """Found by a name its reader may not read, an event would tell it: a search finds the events of
+    such an object by the rest (who, what was done), never by its name."""
+    from accounts.services import access_grant
+    from tests.factories import SegmentFactory
+
+    hidden = SegmentFactory(name="Secret buyers", created_by=manager_alice)
+    seen = SegmentFactory(name="Secret fans", created_by=manager_alice)
+    access_grant(obj=seen, to=manager_alice, by=None)
+    for segment in (hidden, seen):
+        audit(actor=manager_alice, action="segment_created", obj=segment)
+
+    def found(user, term):
+        client.force_login(user)
+        page = client.get("/admin/accounts/auditevent/", {"q": term}).content.decode()
+        return page.split('id="result_list"')[1].split("</table>")[0] if 'id="result_list"' in page else ""
+
+    assert "Secret fans" in found(manager_alice, "secret")
+    assert f"segment #{hidden.pk}" not in found(manager_alice, "secret")
+    assert f"segment #{hidden.pk}" not in found(manager_alice, "buyers")
+    assert f"segment #{hidden.pk}" in found(manager_alice, "segment_created")  # by what they did, still
+    assert "Secret buyers" in found(admin_erin, "buyers")
