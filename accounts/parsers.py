@@ -63,7 +63,8 @@ class _FormCharset:
     def parse(self, stream, media_type=None, parser_context=None):
         charset = get_encoding(parser_context or {})
         try:
-            codecs.decode(b"", charset, "replace")  # a codec refusing the handler refuses it before any input
+            # A byte beyond ASCII, read with the handler: idna refuses the handler, punycode the byte.
+            codecs.decode(b"\xff", charset, "replace")
             return super().parse(stream, media_type, parser_context)
         except UnicodeError as exc:
             raise exceptions.ParseError(
