@@ -119,6 +119,7 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
     from audiences.models import Segment
     from audiences.rules.schema import RulesInvalid, segment_references
     from audiences.rules.validation import rules_validate_for
+    from audiences.rules.words import rules_invalid_text
     from delivery.models import PushContent
     from delivery.payloads import spec_context_gaps
 
@@ -187,7 +188,7 @@ def version_reference_checks(*, app_id: int, by: User | None, kept: JourneyVersi
         try:
             rules_validate_for(tree, by=who)
         except RulesInvalid as exc:
-            return "the rule is invalid: " + "; ".join(exc.messages)
+            return "the rule is invalid: " + rules_invalid_text(tree, exc.errors)
         for segment_id in segment_references(tree):
             if message := check_segment(segment_id, who=who):
                 return f"the rule refers to {message}"

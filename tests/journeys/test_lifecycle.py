@@ -73,6 +73,26 @@ def test_push_content_of_another_app_is_refused(make_journey, vips, manager_alic
         make_journey(graph=simple_graph(condition_segment=vips.pk, content=other.pk))
 
 
+def test_a_condition_rule_error_says_where_it_is_in_the_builders_words(make_journey, vips, welcome):
+    """A branch's invalid rule read "the rule is invalid: rules.all[0].value: the value is empty":
+    a JSON path, where the branch shows the rule builder; it says the place as a segment's page
+    does ("Condition 1 (age is more than)"), and "The rules" for an empty group."""
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk)
+    empty_age = {"all": [{"attribute": "age", "type": "number", "op": "gt", "value": ""}]}
+    graph["steps"][1]["branches"] = [{"label": "Adults", "rules": empty_age, "next": "push"}]
+    with pytest.raises(GraphInvalid) as refused:
+        make_journey(graph=graph)
+    assert (
+        "Step 'check': branch 'Adults': the rule is invalid: Condition 1 (age is more than): the value is empty"
+        in str(refused.value)
+    )
+    graph["steps"][1]["branches"][0]["rules"] = {"all": []}
+    with pytest.raises(GraphInvalid) as refused:
+        make_journey(graph=graph)
+    assert "the rule is invalid: The rules: the group is empty: add at least one condition" in str(refused.value)
+    assert "rules.all" not in str(refused.value)
+
+
 def test_a_step_naming_content_or_a_segment_outside_access_is_refused_as_a_missing_one(make_journey, vips, welcome):
     """A push step naming another team's content answered "push content 'Launch (Other team)'
     belongs to another app": any id tried read out the name of a content and of its app; and a
