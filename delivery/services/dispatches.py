@@ -29,10 +29,11 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.selectors import can
+from accounts.selectors import can, visible_named
 from accounts.services import audit
 from audiences.models import Profile
 from audiences.rules.schema import RulesInvalid
+from config.labels import numbered
 from delivery.models import App, Delivery, DeliveryRollup, Device, DeviceTombstone, Dispatch, PushContent
 from delivery.payloads import (
     spec_validate,
@@ -198,10 +199,12 @@ def dispatch_create(
     if kind != Dispatch.Kind.TEST and segment_id is None and profile_ids is None:
         raise ValidationError({"audience": "A dispatch needs a segment or a list of profiles."})
     if kind == Dispatch.Kind.TEST and not Device.objects.filter(app_id=app_id, is_test=True, active=True).exists():
-        # Said now: a test send to nobody would complete at once and read as sent.
+        # Said now: a test send to nobody would complete at once and read as sent. The app is named
+        # as the content's page names it: by number to a sender granted the content alone.
+        named = f"'{app}'" if visible_named(by, App, [app.pk]) else numbered("app", app.pk)
         raise ValidationError(
             {
-                "audience": f"'{app}' has no active test device: mark a device of the app as a test device "
+                "audience": f"{named} has no active test device: mark a device of the app as a test device "
                 "(Devices: tick 'Is test'), or register one with is_test, then send the test."
             }
         )

@@ -105,6 +105,11 @@ def _send_test(client, pks: list[int], **more):
     return client.post(reverse("admin:delivery_pushcontent_changelist"), {**press, **more}, follow=True)
 
 
+def _messages(response) -> str:
+    """The messages a page shows, as one text."""
+    return " ".join(str(message) for message in response.context["messages"])
+
+
 def _send_test_token(client, pks: list[int]) -> str:
     """The one-time token of the question Send a test asks first, as the page draws it."""
     from tests.pages import form_token_of
@@ -180,6 +185,24 @@ def test_send_a_test_of_several_answered_twice_links_each_first_send(client, man
         assert f'<a href="/admin/delivery/dispatch/{dispatch.pk}/change/">' in page
     assert f"/admin/delivery/dispatch/{later.pk}/change/" not in page
     assert Dispatch.objects.filter(kind="test").count() == 3
+
+
+@pytest.mark.presses("delivery.pushcontent:send_test")
+def test_a_test_send_refused_for_want_of_test_devices_names_no_app_its_presser_may_not_see(
+    client, manager_alice, manager_mallory
+):
+    """alice was granted mallory's content alone, not its app (its page says "app #3"): the refusal
+    of its test send named the app ("'Shop' has no active test device"); it says it by number."""
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_mallory, by=None)
+    content = PushContentFactory(app=shop)
+    access_grant(obj=content, to=manager_alice, by=None)
+    client.force_login(manager_alice)
+    said = _messages(_send_test(client, [content.pk], post="yes"))
+    assert f"app #{shop.pk} has no active test device" in said and "Shop" not in said
+    assert not Dispatch.objects.exists()
+    client.force_login(manager_mallory)
+    assert "'Shop' has no active test device" in _messages(_send_test(client, [content.pk], post="yes"))
 
 
 @pytest.mark.presses("delivery.pushcontent:send_test")
