@@ -1,5 +1,7 @@
 """A small journey in a real browser: built with the step editor, approved from the inbox, watched."""
 
+import json
+
 import pytest
 
 from accounts.services import access_grant
@@ -125,6 +127,35 @@ def test_a_condition_branch_on_a_rule_uses_the_rule_builder(login, page, live_se
     steps = {s["type"]: s for s in journey.versions.get().graph["steps"]}
     rule = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
     assert steps["condition"]["branches"][0]["rules"] == rule
+
+
+def test_a_condition_branchs_default_label_follows_its_kind_and_a_typed_one_stays(
+    login, page, live_server, manager_alice, pushsim_app
+):
+    """A new branch is labelled "In segment"; switched to a rule or an event it kept that label, so
+    the canvas and the approver's review read "In segment: matches all of: plan is “pro”". The
+    label the editor gave follows the kind; one the marketer typed is kept."""
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    segment = Segment.objects.create(name="Everyone", kind="static")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    login(manager_alice)
+    page.goto(f"{live_server.url}/admin/journeys/journey/add/")
+    page.click(".step-editor button.add-condition")
+    condition = page.locator(".step-editor .step-row.step-type-condition")
+    label = condition.locator("input.branch-label").first
+    assert label.input_value() == "In segment"
+    condition.locator("select.branch-kind").select_option("rules")
+    assert label.input_value() == "Matches rule"
+    condition.locator("select.branch-kind").select_option("event")
+    assert label.input_value() == "Did event"
+    condition.locator("select.branch-kind").select_option("segment")
+    assert label.input_value() == "In segment"
+    label.fill("Loyal")
+    label.blur()
+    condition.locator("select.branch-kind").select_option("rules")
+    assert label.input_value() == "Loyal"
+    graph = json.loads(page.input_value("#id_graph"))
+    assert graph["steps"][0]["branches"][0]["label"] == "Loyal"
 
 
 def test_manager_discards_the_draft_of_a_live_journey_and_the_live_version_stays(

@@ -4,6 +4,9 @@
 (function () {
   "use strict";
   const TYPES = ["wait", "condition", "split", "push", "exit"];
+  // A condition branch's label as the editor gives it, by what the branch tests: it follows the kind
+  // chosen until the marketer types their own.
+  const BRANCH_LABELS = { segment: "In segment", rules: "Matches rule", event: "Did event" };
 
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
@@ -69,7 +72,7 @@
     function fresh(type, id) {
       const step = { id: id, type: type };
       if (type === "wait") Object.assign(step, { seconds: 0, next: "" });
-      if (type === "condition") Object.assign(step, { branches: [{ label: "In segment", segment: (meta.segments[0] || {}).id, next: "" }], else: "" });
+      if (type === "condition") Object.assign(step, { branches: [{ label: BRANCH_LABELS.segment, segment: (meta.segments[0] || {}).id, next: "" }], else: "" });
       if (type === "split") Object.assign(step, { branches: [{ label: "A", percent: 50, next: "" }, { label: "B", percent: 50, next: "" }] });
       if (type === "push") Object.assign(step, { content: (meta.contents[0] || {}).id, next: "" });
       return step;
@@ -85,6 +88,7 @@
       } else {
         const kind = "segment" in branch ? "segment" : ("rules" in branch ? "rules" : "event");
         row.appendChild(select([["segment", "in segment"], ["rules", "matches rule"], ["event", "did event since entering"]], kind, (v) => {
+          if (!branch.label || branch.label === BRANCH_LABELS[kind]) branch.label = BRANCH_LABELS[v];
           delete branch.segment; delete branch.rules; delete branch.event;
           branch[v] = v === "segment" ? (meta.segments[0] || {}).id : (v === "rules" ? { all: [] } : "");
           save(); render();
