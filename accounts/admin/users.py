@@ -105,8 +105,55 @@ class UserChangeForm(DjangoUserChangeForm):
         return [*self.cleaned_data["groups"], *self._teams]
 
 
+class DeletionKeptDecidable:
+    """An admin whose objects are deleted through ``delete_kept_decidable`` (``user_delete``,
+    ``group_delete``), which refuses a deletion that would leave an active approval policy with no one
+    to decide: the object's page says why, nothing deleted; *Delete selected* deletes the others and
+    names each one kept, with why."""
+
+    def delete_kept_decidable(self, obj, *, by):
+        raise NotImplementedError
+
+    def delete_model(self, request, obj):
+        self.delete_kept_decidable(obj, by=request.user)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            opts = self.model._meta
+            return HttpResponseRedirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[object_id]))
+
+    actions = ["delete_selected"]
+
+    @admin.action(permissions=["delete"], description="Delete selected %(verbose_name_plural)s")
+    def delete_selected(self, request, queryset):
+        """Django's own (its question, and its refusal of an object one may not delete), each object
+        then deleted alone through ``delete_kept_decidable``."""
+        if not request.POST.get("post"):
+            return django_delete_selected(self, request, queryset)
+        _, _, perms_needed, protected = self.get_deleted_objects(queryset, request)
+        if perms_needed or protected:
+            return django_delete_selected(self, request, queryset)
+        deleted = 0
+        for obj in queryset.order_by("pk"):
+            try:
+                with transaction.atomic(using=router.db_for_write(self.model)):
+                    self.delete_kept_decidable(obj, by=request.user)
+                    self.log_deletions(request, [obj])
+                deleted += 1
+            except ValidationError as exc:
+                self.message_user(request, f"{obj}: {' '.join(exc.messages)}", messages.ERROR)
+        if deleted:
+            opts = self.model._meta
+            kind = opts.verbose_name if deleted == 1 else opts.verbose_name_plural
+            self.message_user(request, f"{deleted} {kind} deleted.", messages.SUCCESS)
+        return None
+
+
 @admin.register(User)
-class UserAdmin(AccessAdmin, DjangoUserAdmin):
+class UserAdmin(DeletionKeptDecidable, AccessAdmin, DjangoUserAdmin):
     form = UserChangeForm
     list_display = (
         "username",
@@ -245,42 +292,8 @@ class UserAdmin(AccessAdmin, DjangoUserAdmin):
             summary={"fields": changed},
         )
 
-    def delete_model(self, request, obj):
-        user_delete(user_id=obj.pk, by=request.user)
-
-    def delete_view(self, request, object_id, extra_context=None):
-        # A deletion that would leave an active approval policy with no one to decide is refused
-        # (``user_delete``): the user's page says why, nothing deleted.
-        try:
-            return super().delete_view(request, object_id, extra_context)
-        except ValidationError as exc:
-            self.message_user(request, " ".join(exc.messages), messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:accounts_user_change", args=[object_id]))
-
-    actions = ["delete_selected"]
-
-    @admin.action(permissions=["delete"], description="Delete selected users")
-    def delete_selected(self, request, queryset):
-        """Django's own (its question, and its refusal of a user one may not delete), each user then
-        deleted alone through ``user_delete``: one whose deletion would leave an active approval
-        policy with no one to decide is not deleted and is named with why; the others are."""
-        if not request.POST.get("post"):
-            return django_delete_selected(self, request, queryset)
-        _, _, perms_needed, protected = self.get_deleted_objects(queryset, request)
-        if perms_needed or protected:
-            return django_delete_selected(self, request, queryset)
-        deleted = 0
-        for user in queryset.order_by("pk"):
-            try:
-                with transaction.atomic(using=router.db_for_write(self.model)):
-                    user_delete(user_id=user.pk, by=request.user)
-                    self.log_deletions(request, [user])
-                deleted += 1
-            except ValidationError as exc:
-                self.message_user(request, f"{user.get_username()}: {' '.join(exc.messages)}", messages.ERROR)
-        if deleted:
-            self.message_user(request, f"{deleted} user{pluralize(deleted)} deleted.", messages.SUCCESS)
-        return None
+    def delete_kept_decidable(self, obj, *, by):
+        user_delete(user_id=obj.pk, by=by)
 
     def user_change_password(self, request, id, form_url=""):
         """Django's password page saves outside the change form: audit it like any change."""
@@ -382,7 +395,7 @@ class GroupForm(forms.ModelForm):
 
 
 @admin.register(Group)
-class GroupAdmin(AccessAdmin, DjangoGroupAdmin):
+class GroupAdmin(DeletionKeptDecidable, AccessAdmin, DjangoGroupAdmin):
     """Groups are roles or teams; a role's permissions come from the roles table in code, its members
     are set on users' pages; a team's members are set on its page (``team_members_set``)."""
 
@@ -436,39 +449,5 @@ class GroupAdmin(AccessAdmin, DjangoGroupAdmin):
             team_members_set(group_id=obj.pk, members=form.cleaned_data["members"], by=request.user)
         super().save_model(request, obj, form, change)
 
-    def delete_model(self, request, obj):
-        group_delete(group_id=obj.pk, by=request.user)
-
-    def delete_view(self, request, object_id, extra_context=None):
-        # A deletion that would leave an active approval policy with no one to decide is refused
-        # (``group_delete``): the group's page says why, nothing deleted.
-        try:
-            return super().delete_view(request, object_id, extra_context)
-        except ValidationError as exc:
-            self.message_user(request, " ".join(exc.messages), messages.ERROR)
-            return HttpResponseRedirect(reverse("admin:auth_group_change", args=[object_id]))
-
-    actions = ["delete_selected"]
-
-    @admin.action(permissions=["delete"], description="Delete selected groups")
-    def delete_selected(self, request, queryset):
-        """Django's own (its question, and its refusal of a group one may not delete), each group then
-        deleted alone through ``group_delete``: one whose deletion would leave an active approval
-        policy with no one to decide is not deleted and is named with why; the others are."""
-        if not request.POST.get("post"):
-            return django_delete_selected(self, request, queryset)
-        _, _, perms_needed, protected = self.get_deleted_objects(queryset, request)
-        if perms_needed or protected:
-            return django_delete_selected(self, request, queryset)
-        deleted = 0
-        for group in queryset.order_by("pk"):
-            try:
-                with transaction.atomic(using=router.db_for_write(self.model)):
-                    group_delete(group_id=group.pk, by=request.user)
-                    self.log_deletions(request, [group])
-                deleted += 1
-            except ValidationError as exc:
-                self.message_user(request, f"{group.name}: {' '.join(exc.messages)}", messages.ERROR)
-        if deleted:
-            self.message_user(request, f"{deleted} group{pluralize(deleted)} deleted.", messages.SUCCESS)
-        return None
+    def delete_kept_decidable(self, obj, *, by):
+        group_delete(group_id=obj.pk, by=by)
