@@ -1009,6 +1009,28 @@ def test_the_reach_and_a_sends_resolve_read_the_audience_as_the_count_does(lists
         assert " UNION " in counted and " UNION " in sql
 
 
+def _refused_at_compile_as_validated(condition: dict, path: str, message: str) -> None:
+    """``condition``, beside a good one, saved without a check: the compiler, a segment's profiles and
+    its count each refuse it with RulesInvalid at ``path``, in the validator's own words."""
+    from audiences.rules.compiler import segment_count, segment_profiles
+
+    rules = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}, condition]}
+    with pytest.raises(RulesInvalid) as validated:
+        rules_validate(rules)
+    segment = Segment.objects.create(name="saved before", kind=Segment.Kind.RULES, rules=rules)
+    for compile_it in (
+        lambda: rules_compile(rules, now=NOW),
+        lambda: segment_profiles(segment, now=NOW, union=True),
+        lambda: segment_count(segment, now=NOW),
+    ):
+        with pytest.raises(RulesInvalid) as info:
+            compile_it()
+        assert [e.path for e in info.value.errors] == [path]
+        assert message in info.value.errors[0].message
+        assert info.value.errors[0].message == validated.value.errors[0].message
+    assert [e.path for e in validated.value.errors] == [path]
+
+
 @pytest.mark.parametrize(
     ("condition", "path", "message"),
     [
@@ -1051,22 +1073,7 @@ def test_the_reach_and_a_sends_resolve_read_the_audience_as_the_count_does(lists
 def test_a_saved_rule_whose_value_is_not_of_its_type_is_refused_naming_its_path(people, condition, path, message):
     """Rules saved before a check existed (or written by a data migration) compile to RulesInvalid
     naming the condition, as the validator names it, never a Decimal's, a float's or a date's error."""
-    from audiences.rules.compiler import segment_count, segment_profiles
-
-    rules = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}, condition]}
-    with pytest.raises(RulesInvalid) as validated:
-        rules_validate(rules)
-    segment = Segment.objects.create(name="saved before", kind=Segment.Kind.RULES, rules=rules)
-    for compile_it in (
-        lambda: rules_compile(rules, now=NOW),
-        lambda: segment_profiles(segment, now=NOW, union=True),
-        lambda: segment_count(segment, now=NOW),
-    ):
-        with pytest.raises(RulesInvalid) as info:
-            compile_it()
-        assert [e.path for e in info.value.errors] == [path]
-        assert message in info.value.errors[0].message
-    assert [e.path for e in validated.value.errors] == [path]
+    _refused_at_compile_as_validated(condition, path, message)
 
 
 def test_a_segment_using_one_whose_saved_rule_is_not_of_its_type_is_refused_naming_both(people):
@@ -1150,23 +1157,7 @@ def test_a_saved_rule_of_any_kind_whose_value_is_not_of_its_type_is_refused_nami
     count as text: saved before a check existed (or by a data migration), each compiled to a
     condition matching no one (or someone else) without an error. Each is refused as the
     validator refuses it, naming its path."""
-    from audiences.rules.compiler import segment_count, segment_profiles
-
-    rules = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}, condition]}
-    with pytest.raises(RulesInvalid) as validated:
-        rules_validate(rules)
-    segment = Segment.objects.create(name="saved before", kind=Segment.Kind.RULES, rules=rules)
-    for compile_it in (
-        lambda: rules_compile(rules, now=NOW),
-        lambda: segment_profiles(segment, now=NOW, union=True),
-        lambda: segment_count(segment, now=NOW),
-    ):
-        with pytest.raises(RulesInvalid) as info:
-            compile_it()
-        assert [e.path for e in info.value.errors] == [path]
-        assert message in info.value.errors[0].message
-        assert info.value.errors[0].message == validated.value.errors[0].message
-    assert [e.path for e in validated.value.errors] == [path]
+    _refused_at_compile_as_validated(condition, path, message)
 
 
 def test_a_saved_attribute_rule_without_its_type_still_reads_as_a_string(people):
