@@ -19,12 +19,15 @@ from accounts.admin.bases import (
     linked_if_visible,
     page_request,
     senders_html,
+    with_reader_sees,
 )
 from accounts.form_tokens import form_token_done
+from accounts.selectors import visible_named
 from audiences.models import Profile
 from audiences.selectors import audience_attribute_names
 from config.db import deletion_counts
-from delivery.models import Dispatch, PushContent
+from config.labels import numbered
+from delivery.models import App, Dispatch, PushContent
 from delivery.payloads import (
     data_shape_check,
     message_render,
@@ -87,11 +90,14 @@ def _shape_checked(check, value):
     return value
 
 
-def _previews_html(content: PushContent, profile: dict | None, context: dict) -> str:
-    """iOS and Android lock-screen mock-ups of the content rendered for one profile."""
-    return _spec_previews_html(
-        content.spec(), app_name=content.app.name if content.app_id else "App", profile=profile, context=context
-    )
+def _previews_html(content: PushContent, profile: dict | None, context: dict, *, reader) -> str:
+    """iOS and Android lock-screen mock-ups of the content rendered for one profile, under its app's
+    name to a ``reader`` who may see the app, "app #3" to one granted the content alone."""
+    app_name = "App"
+    if content.app_id:  # the form's app, which a live preview may have changed since the page read it
+        seen = content.app_id in visible_named(reader, App, [content.app_id])
+        app_name = content.app.name if seen else numbered("app", content.app_id)
+    return _spec_previews_html(content.spec(), app_name=app_name, profile=profile, context=context)
 
 
 def _spec_previews_html(spec: dict, *, app_name: str, profile: dict | None, context: dict) -> str:
@@ -190,7 +196,7 @@ def _form_field(path: str, fields) -> str | None:
 
 @admin.register(PushContent)
 class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
-    list_display = ("name", "app", "title", "silent", "version", "updated_at")
+    list_display = ("name", "app_shown", "title", "silent", "version", "updated_at")
     list_filter = (("app", admin.RelatedOnlyFieldListFilter), "silent")
     search_fields = ("name", "title")
     list_select_related = ("app",)
@@ -199,6 +205,15 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     class Media:
         js = ("delivery/content_form.js",)
+
+    def get_queryset(self, request):
+        # A content granted without its app names it only to whoever may see it (``app_shown``).
+        return with_reader_sees(super().get_queryset(request), request.user, field="app_id", model=App, name="app_seen")
+
+    @admin.display(description="App", ordering="app__name")
+    def app_shown(self, obj):
+        """The app, named to a reader who may see it, "app #3" to a reader granted the content alone."""
+        return obj.app.name if getattr(obj, "app_seen", False) else numbered("app", obj.app_id)
 
     def get_deleted_objects(self, objs, request):
         """The page and the list's action both refuse, listing them, what journeys still send. What a
@@ -413,7 +428,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             '{}<div class="content-previews" data-preview-url="{}">{}</div>',
             chooser,
             reverse("admin:delivery_pushcontent_live_preview", args=[obj.pk]),
-            _previews_html(obj, profile, {}),
+            _previews_html(obj, profile, {}, reader=request.user if request is not None else None),
         )
 
     def get_urls(self):
@@ -457,7 +472,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         locale = request.POST.get("preview_locale", "").strip()
         if locale:
             profile = {**(profile or {"attributes": {}}), "locale": locale}
-        return HttpResponse(_previews_html(form.instance, profile, {}))
+        return HttpResponse(_previews_html(form.instance, profile, {}, reader=request.user))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         _current.request = request  # the previews read the chosen profile from the query string

@@ -187,6 +187,28 @@ def test_send_a_test_of_several_answered_twice_links_each_first_send(client, man
     assert Dispatch.objects.filter(kind="test").count() == 3
 
 
+def test_a_content_granted_alone_names_no_app_its_reader_may_not_see(client, manager_alice, manager_mallory):
+    """alice was granted mallory's content alone, not its app: the content list's App column and
+    the page's phones (their app line) named it; they say it by number ("app #3"), as a campaign
+    granted alone says its app, and by name to whoever may see it."""
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_mallory, by=None)
+    content = PushContentFactory(app=shop, name="Teaser")
+    access_grant(obj=content, to=manager_alice, by=None)
+    client.force_login(manager_alice)
+    listed = client.get(reverse("admin:delivery_pushcontent_changelist")).content.decode()
+    page = client.get(reverse("admin:delivery_pushcontent_change", args=[content.pk])).content.decode()
+    preview = client.post(
+        reverse("admin:delivery_pushcontent_live_preview", args=[content.pk]), content_form(shop, name="Teaser")
+    ).content.decode()
+    for html in (listed, page, preview):
+        assert "Teaser" in html or html is preview
+        assert f"app #{shop.pk}" in html and "Shop" not in html
+    client.force_login(manager_mallory)
+    assert ">Shop<" in client.get(reverse("admin:delivery_pushcontent_changelist")).content.decode()
+    assert "Shop" in client.get(reverse("admin:delivery_pushcontent_change", args=[content.pk])).content.decode()
+
+
 @pytest.mark.presses("delivery.pushcontent:send_test")
 def test_a_test_send_refused_for_want_of_test_devices_names_no_app_its_presser_may_not_see(
     client, manager_alice, manager_mallory
