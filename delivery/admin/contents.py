@@ -499,7 +499,8 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             try:
                 dispatch = pushcontent_test_send(content_id=content.pk, by=request.user)
             except (PermissionDenied, ValidationError) as exc:
-                self.message_user(request, f"{content}: {exc}", messages.ERROR)
+                said = " ".join(getattr(exc, "messages", [str(exc)]))  # a refusal's sentences, not its dict
+                self.message_user(request, f"{content}: {said}", messages.ERROR)
                 continue
             started.append(dispatch.pk)
             url = reverse("admin:delivery_dispatch_change", args=[dispatch.pk])

@@ -124,6 +124,8 @@ def test_test_send_action_creates_a_test_dispatch(client, manager_alice, app, dj
     # Without a test device the test is refused, saying what to do: a send to nobody read as sent.
     answer = _send_test(client, [content.pk], post="yes")
     assert "has no active test device" in answer.content.decode() and not Dispatch.objects.exists()
+    # Said as a sentence, not as the field's errors in Python's words ("{'audience': [...]}").
+    assert re.search(r": '[^']+' has no active test device: mark a device", _messages(answer))
     DeviceFactory(app=app, is_test=True)
     asked = _send_test(client, [content.pk])  # asked first: nothing sent yet
     assert "Send a test of 1 push content?" in asked.content.decode() and not Dispatch.objects.exists()
