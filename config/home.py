@@ -183,8 +183,9 @@ def _rollup_visible_to(user: User):
 
 
 def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
-    """Hourly series of the last 24 hours: targeted, accepted, failed, unknown (sent, its outcome lost:
-    perhaps delivered), skipped, opened; skips by reason. The outcomes add up to what was targeted.
+    """Hourly series of the last 24 hours (the 24 full hours before this one, and this one up to now):
+    targeted, accepted, failed, unknown (sent, its outcome lost: perhaps delivered), skipped, opened;
+    skips by reason. The outcomes add up to what was targeted.
 
     Summed from the rollup's quarter hours in the window (its ``period`` index): outcomes by when a
     row finished, opens by when it was opened, targeted by when a row was made (a bulk send's at
@@ -193,13 +194,15 @@ def sends_last_24h(user: User, *, now: dt.datetime) -> dict:
     their rows showed more accepted than targeted.
     """
     tz = timezone.get_current_timezone()
-    end = timezone.localtime(now, tz).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
-    start = end - dt.timedelta(hours=SEND_WINDOW_HOURS)
-    hours = [start + dt.timedelta(hours=i) for i in range(SEND_WINDOW_HOURS)]
+    # Bars of whole hours hold every send of the last 24 hours only if the window begins at the top of
+    # the hour 24 hours back: the 24 full hours before this one, and this one up to now (the heading
+    # names where it begins, so between 24 and 25 hours read as such).
+    this_hour = timezone.localtime(now, tz).replace(minute=0, second=0, microsecond=0)
+    start = this_hour - dt.timedelta(hours=SEND_WINDOW_HOURS)
+    end = this_hour + dt.timedelta(hours=1)
+    hours = [start + dt.timedelta(hours=i) for i in range(SEND_WINDOW_HOURS + 1)]
     index = {hour: i for i, hour in enumerate(hours)}
-    series = {
-        name: [0] * SEND_WINDOW_HOURS for name in ("targeted", "accepted", "failed", "unknown", "skipped", "opened")
-    }
+    series = {name: [0] * len(hours) for name in ("targeted", "accepted", "failed", "unknown", "skipped", "opened")}
     rows = (
         _rollup_visible_to(user)
         .filter(period__gte=start, period__lt=end, outcome__in=list(series))

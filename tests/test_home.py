@@ -9,7 +9,7 @@ from django.utils import timezone
 from accounts.models import ApprovalRequest
 from accounts.services import access_grant
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_request_changes, campaign_submit
-from config.home import home_for, queue_state
+from config.home import home_for, queue_state, sends_last_24h
 from delivery.models import Delivery, Dispatch
 from delivery.reasons import reason_html
 from delivery.services.rollups import rollup_rebuild
@@ -95,7 +95,7 @@ def test_manager_sees_their_apps_sends_per_hour_and_no_operations(
         response = client.get("/admin/")
     assert response.status_code == 200
     sends = _sends(response)
-    assert len(sends["labels"]) == 24
+    assert len(sends["labels"]) == 25  # the 24 full hours before this one, and this one
     # The outcomes add up to what was targeted, the one whose outcome was lost among them.
     assert sends["totals"] == {"targeted": 7, "accepted": 2, "failed": 1, "unknown": 1, "skipped": 3, "opened": 1}
     hour = (now - dt.timedelta(hours=2)).replace(minute=0, second=0, microsecond=0).strftime("%H:%M")
@@ -519,6 +519,19 @@ def test_the_last_24_hours_end_now_not_at_the_top_of_the_hour_to_come(client, ma
     upcoming = (now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)).strftime("%Y-%m-%d %H:%M")
     assert upcoming not in heading
     assert f"– now, {now:%H:%M}" in heading or f"– now, {(now + dt.timedelta(minutes=1)):%H:%M}" in heading
+
+
+def test_the_last_24_hours_hold_a_send_of_23_hours_and_50_minutes_ago(manager_alice, shop):
+    """At 06:10 the window began at 07:00 the day before: about 23 hours, a send of 06:20 the day before
+    left out of "the last 24 hours". It holds the 24 full hours before this one and this one up to now,
+    and says where it begins."""
+    now = (timezone.localtime(timezone.now()) - dt.timedelta(days=2)).replace(minute=10, second=0, microsecond=0)
+    make_sends(shop, [("accepted", "", "ios")] * 2, finished_at=now - dt.timedelta(hours=23, minutes=50))
+    make_sends(shop, [("accepted", "", "ios")] * 3, finished_at=now - dt.timedelta(hours=25))  # before the window
+    sends = sends_last_24h(manager_alice, now=now)
+    assert sends["totals"]["accepted"] == 2
+    assert len(sends["hours"]) == 25 and sends["labels"][0] == sends["labels"][-1] == f"{now:%H}:00"
+    assert sends["start"] == f"{now - dt.timedelta(hours=24):%Y-%m-%d %H}:00"
 
 
 def _sent_back(app, by, approver, *, name="Spring sale", comment="Shorten the title.", time_zone="UTC"):

@@ -129,7 +129,7 @@ def test_the_sends_chart_reads_in_the_viewers_zone_and_names_it(login, page, liv
     new_york = ZoneInfo("America/New_York")
     # The window's hours as the page drew them (the hour it was drawn in ends it), read in New York.
     hours = [dt.datetime.fromisoformat(hour).astimezone(new_york) for hour in chart["hours"]]
-    assert len(hours) == 24 and hours[-1] <= timezone.now() < hours[-1] + dt.timedelta(hours=1, minutes=5)
+    assert len(hours) == 25 and hours[-1] <= timezone.now() < hours[-1] + dt.timedelta(hours=1, minutes=5)
     # Each bar reads its New York hour; the first and each one starting a new day name the day too.
     expected = [
         [f"{h:%H:%M}", f"{h:%a} {h.day} {h:%b}"] if i == 0 or h.date() != hours[i - 1].date() else f"{h:%H:%M}"

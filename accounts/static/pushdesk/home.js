@@ -48,7 +48,7 @@
       zoneNote = browserZone + ", your browser's time zone";
       const heading = document.getElementById("pd-sends-window");
       if (heading) heading.textContent = "(" + start + " – " + end + "; times in " + zoneNote + ")";
-      canvas.setAttribute("aria-label", "Sends per hour over the last 24 hours, hours in " + browserZone);
+      canvas.setAttribute("aria-label", "Sends per hour over the 24 full hours before this one and this one, hours in " + browserZone);
     }
   } catch (e) { /* a browser without Intl's zones: the server's UTC labels, named */ }
 
