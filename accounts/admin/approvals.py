@@ -14,7 +14,7 @@ from django.utils.html import format_html
 from django.utils.text import capfirst
 
 from accounts.admin.bases import AccessAdmin, ReadOnlyAdminMixin, drawn_for, linked_if_visible, page_request
-from accounts.approvals import approval_requests_sent_back, approval_subject_for
+from accounts.approvals import approval_requests_sent_back, approval_subject_for, approvals_asked_at
 from accounts.models import ApprovalPolicy, ApprovalRequest
 from accounts.selectors import (
     approval_app_moves,
@@ -229,14 +229,18 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
         if changelist is not None:
             page = list(changelist.result_list)
             stuck = approval_requests_stuck_among(page)
+            subjects = approval_subjects(page)
             unruled = [obj for obj in page if not obj.policies]
-            moves = approval_app_moves(unruled, approval_subjects(unruled)) if unruled else {}
+            moves = approval_app_moves(unruled, subjects) if unruled else {}
             hidden = approval_subjects_hidden(request.user, page)
             named = approval_subjects_named(request.user, page, hidden=hidden)
+            asked = approvals_asked_at(page, subjects=subjects)
+            decided = approvals_asked_at(page, field="decided_at", subjects=subjects)
             for obj in page:
                 obj.stuck = obj.pk in stuck
                 obj.moves_app = obj.pk in moves
                 obj.subject_named, obj.subject_hidden = named[obj.pk], obj.pk in hidden
+                obj.asked_shown, obj.decided_shown = asked[obj.pk], decided[obj.pk]
         return response
 
     def get_urls(self):
@@ -306,14 +310,17 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
         model = obj.subject_type.model_class()
         return capfirst(model._meta.verbose_name) if model is not None else "—"
 
-    # The inbox mixes subjects of every zone: its times are in UTC, said so.
+    # A time is shown in the zone it was entered in, named: a campaign's request in its campaign's
+    # zone, a journey's (it has no zone) and a deleted subject's in UTC (``approvals_asked_at``).
     @admin.display(description="Requested at", ordering="requested_at")
     def asked(self, obj):
-        return _utc(obj.requested_at)
+        shown = getattr(obj, "asked_shown", None)  # the changelist's, found for its whole page at once
+        return shown if shown is not None else approvals_asked_at([obj])[obj.pk]
 
     @admin.display(description="Decided at", ordering="decided_at")
     def decided(self, obj):
-        return _utc(obj.decided_at)
+        shown = getattr(obj, "decided_shown", None)  # the changelist's, found for its whole page at once
+        return shown if shown is not None else approvals_asked_at([obj], field="decided_at")[obj.pk]
 
     @admin.display(description="What", ordering="subject_label")
     def what(self, obj):

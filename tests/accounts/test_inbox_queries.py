@@ -216,3 +216,24 @@ def test_requests_nobody_may_decide_are_found_for_a_whole_page_at_once(world, ad
     client.force_login(admin_erin)
     page = client.get(reverse("admin:accounts_approvalrequest_changelist") + "?show=all").content.decode()
     assert page.count("Stuck: nobody may decide it") == 2
+
+
+def test_the_request_list_shows_a_campaigns_times_in_its_zone_and_a_journeys_in_utc(world, client):
+    """The list showed every time in UTC, while the review and the campaign's pages show a campaign's
+    in its zone: a time is shown in the zone it was entered in, named, a journey's (it has no zone) in UTC."""
+    from django.urls import reverse
+
+    from config.zones import zoned
+
+    alice, bob = world["alice"], world["bob"]
+    campaign = _campaign(world, "Shop")
+    campaign_update(campaign_id=campaign.pk, by=alice, time_zone="Asia/Tokyo")
+    decided = campaign_submit(campaign_id=campaign.pk, by=alice)
+    campaign_approve(campaign_id=campaign.pk, by=bob)
+    decided.refresh_from_db()
+    journey = journey_submit(journey_id=_journey(world, "Shop")[0].pk, by=alice)
+    client.force_login(bob)
+    page = client.get(reverse("admin:accounts_approvalrequest_changelist") + "?show=all").content.decode()
+    tokyo = (zoned(decided.requested_at, "Asia/Tokyo"), zoned(decided.decided_at, "Asia/Tokyo"))
+    assert tokyo[0].endswith("(Asia/Tokyo)") and all(f'">{when}</td>' in page for when in tokyo), tokyo
+    assert f'">{zoned(journey.requested_at, "UTC")}</td>' in page
