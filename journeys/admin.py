@@ -310,7 +310,7 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     def get_form(self, request, obj=None, change=False, **kwargs):
         from audiences.admin.segments import builder_meta, builder_meta_name
         from audiences.models import Segment
-        from delivery.models import PushContent
+        from delivery.models import App, PushContent
 
         form = super().get_form(request, obj, change=change, **kwargs)
         if "graph" not in form.base_fields:
@@ -344,13 +344,19 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                 listed += (
                     with_reader_sees(Segment.objects.filter(pk__in=named), reader).order_by("name") if named else []
                 )
-                offered = list(with_reader_sees(contents, reader)[:500])
+
+                # A content is listed with its app, named only to a reader who may see it (a content
+                # granted alone, its app not: "Welcome (app #3)"), as the journey's page names it.
+                def with_app_seen(rows):
+                    return with_reader_sees(rows, reader, field="app_id", model=App, name="app_seen")
+
+                offered = list(with_app_seen(with_reader_sees(contents, reader))[:500])
                 named = set(contents_of(shown.graph).values()) if shown is not None else set()
                 named -= {c.pk for c in offered}
                 offered += (
-                    with_reader_sees(PushContent.objects.select_related("app").filter(pk__in=named), reader).order_by(
-                        "name"
-                    )
+                    with_app_seen(
+                        with_reader_sees(PushContent.objects.select_related("app").filter(pk__in=named), reader)
+                    ).order_by("name")
                     if named
                     else []
                 )
@@ -363,7 +369,9 @@ class JourneyAdmin(LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
                     "contents": [
                         {
                             "id": c.pk,
-                            "name": f"{c.name} ({c.app.name})" if c.reader_sees else unseen_label(c),
+                            "name": f"{c.name} ({c.app.name if c.app_seen else numbered('app', c.app_id)})"
+                            if c.reader_sees
+                            else unseen_label(c),
                         }
                         for c in offered
                     ],

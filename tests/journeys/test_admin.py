@@ -1031,6 +1031,24 @@ def _builder_meta(page: str) -> dict:
     return json.loads(html.unescape(re.search(r'class="step-editor"[^>]*data-meta="([^"]*)"', page).group(1)))
 
 
+def test_the_builder_names_no_app_of_a_content_its_reader_was_granted_without_the_app(
+    login, make_journey, welcome, shop
+):
+    """Granted the journey and its push step's content, not their app (Shop): the builder listed the
+    content as "Welcome (Shop)", naming the app the journey's page says by number; it says it by
+    number there too ("Welcome (app #3)")."""
+    from accounts.services import access_grant
+    from tests.factories import UserFactory
+
+    journey = make_journey()
+    trent = UserFactory(username="manager_trent", role="Manager")
+    access_grant(obj=journey, to=trent, by=None)
+    access_grant(obj=welcome, to=trent, by=None)
+    page = login(trent).get(f"/admin/journeys/journey/{journey.pk}/change/").content.decode()
+    assert _builder_meta(page)["contents"] == [{"id": welcome.pk, "name": f"Welcome (app #{shop.pk})"}]
+    assert "Shop" not in page
+
+
 def test_a_colleague_reads_in_the_builder_the_segments_and_contents_the_journey_names_that_they_were_not_granted(
     login, manager_mallory, make_journey, vips, welcome
 ):
