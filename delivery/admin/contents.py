@@ -1,6 +1,7 @@
 """The admin of push content: the editor, the device previews and the test send."""
 
 import difflib
+import re
 import threading
 
 from django.contrib import admin, messages
@@ -9,6 +10,7 @@ from django.db.models.deletion import ProtectedError
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.text import capfirst
 from django.utils.translation import get_language_info
 from liquid.exceptions import LiquidError
 
@@ -194,6 +196,15 @@ def _form_field(path: str, fields) -> str | None:
     return name if name in fields else None
 
 
+def _said_on(field: str | None, path: str, message: str) -> str:
+    """A spec error as the form shows it on ``field`` (``_form_field``): as it reads under the field
+    that is its own; after the text it is about, in words, under a field of several texts (a
+    variant's title, a custom data value). The API names the path itself (``body``, ``android.color``)."""
+    if (field is not None and field in (path, _SPEC_FIELD.get(path))) or re.fullmatch(r"variants\.[^.]+", path):
+        return message  # its own field, or a variant's payload, whose message names its locale
+    return f"{capfirst(_field_in_words(path))}: {message}"
+
+
 @admin.register(PushContent)
 class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     list_display = ("name", "app_shown", "title", "silent", "version", "updated_at")
@@ -359,7 +370,8 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                     spec_authoring_check(self.instance.spec(), uses_simulator=self.uses_simulator)
                 except ValidationError as exc:
                     for path, errors in exc.message_dict.items():
-                        self.add_error(_form_field(path, self.fields), [f"{path}: {e}" for e in errors])
+                        field = _form_field(path, self.fields)
+                        self.add_error(field, [_said_on(field, path, e) for e in errors])
 
         return ValidatingForm
 

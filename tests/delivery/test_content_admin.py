@@ -470,3 +470,32 @@ def test_the_content_form_spells_url_and_time_to_live_as_they_are_said(client, d
     assert labels["image_url"] == "Image URL:"
     assert labels["tap_url"] == "Tap URL:"
     assert labels["ttl_seconds"] == "Time to live (seconds):"
+
+
+def _errors_of(answer) -> dict[str, list[str]]:
+    """The form's errors on the page: each field's messages, as shown."""
+    form = answer.context["adminform"].form
+    return {field: [error["message"] for error in errors] for field, errors in form.errors.get_json_data().items()}
+
+
+def test_errors_under_a_field_read_in_words_without_the_code_of_their_place(client, db, manager_alice):
+    """Each message began with its place's code ("body: Template error…", "android.color: …") under
+    the field that says it already; a variant's or a custom data value's names it in words."""
+    changes = {
+        "body": "Hi {{ profile.attributes.name | upcasee }}",
+        "android_color": "red",
+        "variants": '{"de": {"title": "Hallo {{ profile.plan }}", "body": "Angebote"}}',
+        "data": '{"order": "{{ context.order_id }"}',
+    }
+    content, answer = _saved_with(client, manager_alice, changes)
+    assert answer.status_code == 200
+    assert _errors_of(answer) == {
+        "body": ["Unknown filter 'upcasee' (line 1)."],
+        "android_color": ["A color is written #rrggbb."],
+        "variants": [
+            "The German title: Unknown profile field 'plan' (line 1): profiles have external_id, locale, "
+            "timezone, attributes; write profile.attributes.plan for a custom attribute.",
+        ],
+        "data": ["The custom data 'order': Template error: expected '}}', found end of file (line 1)."],
+    }
+    assert PushContent.objects.get(pk=content.pk).version == content.version
