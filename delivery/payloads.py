@@ -467,6 +467,8 @@ def spec_validate(spec: dict) -> None:
     Every template must parse and use only known names; URLs must use an allowed scheme;
     options must be values the providers accept; the worst-case payload of every variant on
     both platforms must fit the platform's limit (the message names which part and by how much).
+    One ValidationError names every wrong field, but variants that are not an object of texts
+    (``variants_shape_check``), alone; the payloads are measured once the rest holds.
     """
     errors: dict[str, list[str]] = {}
 
@@ -491,8 +493,6 @@ def spec_validate(spec: dict) -> None:
         if not _is_locale(locale):
             errors.setdefault("variants", []).append(f"'{locale}' is not a locale (e.g. fr or fr-CA).")
         all_texts.append((locale, variant_texts(spec, locale)))
-    if errors:
-        raise ValidationError(errors)
 
     tap_action = spec.get("tap_action") or "open_app"
     if tap_action not in TAP_ACTIONS:

@@ -35,14 +35,13 @@ from delivery.payloads import (
     message_render,
     message_render_failure,
     spec_attributes_unseen,
-    spec_authoring_check,
-    spec_validate,
     variants_shape_check,
 )
 from delivery.selectors import (
     apps_in_scope,
 )
 from delivery.services.contents import (
+    pushcontent_check,
     pushcontent_holders,
     pushcontent_save,
     pushcontent_test_send,
@@ -361,17 +360,18 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             uses_simulator: bool | None = None
 
             def _post_clean(self):
+                """Check the content through the service even with a field refused already, so one
+                answer names every wrong field; the refused field's own error says it (the content
+                holds its saved value there). Nothing is saved."""
                 super()._post_clean()
-                if self.errors:
-                    return
                 try:
-                    spec_validate(self.instance.spec())
                     self.uses_simulator = sends_to_simulator(self.instance.app_id)
-                    spec_authoring_check(self.instance.spec(), uses_simulator=self.uses_simulator)
+                    pushcontent_check(content=self.instance, uses_simulator=self.uses_simulator)
                 except ValidationError as exc:
                     for path, errors in exc.message_dict.items():
                         field = _form_field(path, self.fields)
-                        self.add_error(field, [_said_on(field, path, e) for e in errors])
+                        if field not in self.errors:  # a field's own error says it already
+                            self.add_error(field, [_said_on(field, path, e) for e in errors])
 
         return ValidatingForm
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
@@ -14,7 +14,7 @@ from accounts.selectors import can, in_scope, uses_described
 from accounts.services import access_grant, audit
 from config.db import Holders
 from delivery.models import App, Dispatch, PushContent
-from delivery.payloads import spec_authoring_check, spec_validate
+from delivery.payloads import data_shape_check, spec_authoring_check, spec_validate, variants_shape_check
 from delivery.services.dispatches import dispatch_create
 
 
@@ -31,8 +31,8 @@ def pushcontent_save(*, content: PushContent, by: User, uses_simulator: bool | N
     APNs' and FCM's 4,096 bytes; then ``spec_authoring_check``: URLs a phone opens, one text per
     locale, an image over http on this machine only for an app that sends to the push simulator
     (``uses_simulator``, as the caller read it for the content's app: the admin form, which checked
-    the content with it; read here when None). Raises ValidationError naming the field,
-    PermissionDenied when ``by`` may not write content for the app.
+    the content with it; read here when None). Raises ValidationError naming every wrong field at
+    once (``pushcontent_check``), PermissionDenied when ``by`` may not write content for the app.
     """
     creating = content.pk is None
     perm = "delivery.add_pushcontent" if creating else "delivery.change_pushcontent"
@@ -40,10 +40,9 @@ def pushcontent_save(*, content: PushContent, by: User, uses_simulator: bool | N
         raise PermissionDenied("You may not write push content for this app.")
     if not creating and not can(by, "delivery.change_pushcontent", content):
         raise PermissionDenied("You may not change this push content.")
-    spec_validate(content.spec())
     if uses_simulator is None:
         uses_simulator = sends_to_simulator(content.app_id)
-    spec_authoring_check(content.spec(), uses_simulator=uses_simulator)
+    pushcontent_check(content=content, uses_simulator=uses_simulator)
     with transaction.atomic():
         content.updated_at = timezone.now()
         if creating:
@@ -62,6 +61,34 @@ def pushcontent_save(*, content: PushContent, by: User, uses_simulator: bool | N
         if creating:
             access_grant(obj=content, to=by, by=None)
     return content
+
+
+def pushcontent_check(*, content: PushContent, uses_simulator: bool) -> None:
+    """Check content as ``pushcontent_save`` does, saving nothing: ``spec_validate`` and
+    ``spec_authoring_check`` both, so one answer names every wrong field.
+
+    Custom data or variants that are not objects of texts are refused first, alone: the texts are
+    read from them. ``uses_simulator`` says whether the content's app sends to the push simulator.
+    Raises ValidationError naming each wrong field by its path (``body``, ``variants.fr.title``).
+    """
+    spec = content.spec()
+    errors: dict[str, list[str]] = {}
+
+    def check(callable_, *args, **kwargs) -> None:
+        try:
+            callable_(*args, **kwargs)
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                errors.setdefault(field, []).extend(messages)
+
+    check(variants_shape_check, spec.get("variants") or {})
+    check(data_shape_check, spec.get("data") or {})
+    if errors:
+        raise ValidationError(errors)
+    check(spec_validate, spec)
+    check(spec_authoring_check, spec, uses_simulator=uses_simulator)
+    if errors:
+        raise ValidationError(errors)
 
 
 # Not copied: the copy is new content, at its first version, created now by whoever copies it.

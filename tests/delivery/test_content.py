@@ -767,3 +767,25 @@ def test_a_content_reads_a_context_value_by_its_path():
         assert not spec_reads({"title": "Hi", "body": text}, name), text
     assert spec_reads({"title": "Hi", "body": "", "variants": {"fr": {"title": "{{ context.campaign.name }}"}}}, name)
     assert spec_reads({"title": "Hi", "body": "", "data": {"n": "{{ context.campaign.name }}"}}, name)
+
+
+@pytest.mark.django_db
+def test_a_save_names_every_wrong_field_at_once(shop, manager_alice):
+    """A variant's locale hid the image URL and the color, and those the body's unknown filter: the
+    API and the form were told one stage at a time."""
+    from delivery.models import PushContent
+    from delivery.services.contents import pushcontent_save
+
+    content = PushContent(
+        app=shop,
+        name="Sale",
+        title="Hi",
+        body="Hi {{ profile.attributes.name | upcasee }}",
+        image_url="https://cdn.example/spring sale.png",
+        android_color="red",
+        variants={"fr!": {"title": "Salut", "body": "Soldes", "image_url": "https://cdn.example/fr.png"}},
+    )
+    with pytest.raises(ValidationError) as exc:
+        pushcontent_save(content=content, by=manager_alice)
+    assert set(errors_of(exc)) == {"body", "image_url", "android.color", "variants"}
+    assert not PushContent.objects.exists()

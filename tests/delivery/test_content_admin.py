@@ -499,3 +499,31 @@ def test_errors_under_a_field_read_in_words_without_the_code_of_their_place(clie
         "data": ["The custom data 'order': Template error: expected '}}', found end of file (line 1)."],
     }
     assert PushContent.objects.get(pk=content.pk).version == content.version
+
+
+def test_every_wrong_field_is_refused_on_the_first_save_and_nothing_is_saved(client, db, manager_alice):
+    """One stage at a time: a bad locale hid the image URL and the color, and those a broken filter;
+    a field the form refuses itself (custom data not text) hid them all. The marketer fixed one,
+    saved, and found the next."""
+    changes = {
+        "body": "Hi {{ profile.attributes.name | upcasee }}",
+        "image_url": "https://cdn.example/spring sale.png",
+        "android_color": "red",
+        "default_locale": "english!",
+        "variants": '{"fr!": {"title": "Salut", "body": "Soldes", "image_url": "https://cdn.example/fr.png"}}',
+        "data": '{"order": 1234}',
+    }
+    content, answer = _saved_with(client, manager_alice, changes)
+    assert answer.status_code == 200
+    assert _errors_of(answer) == {
+        "body": ["Unknown filter 'upcasee' (line 1)."],
+        "image_url": [
+            "A URL holds no space, tab or line break (none before or after it either); write a space as %20."
+        ],
+        "android_color": ["A color is written #rrggbb."],
+        "default_locale": ["'english!' is not a locale (e.g. en or en-US)."],
+        "variants": ["'fr!' is not a locale (e.g. fr or fr-CA)."],
+        "data": ["Custom data must map keys to strings."],
+    }
+    saved = PushContent.objects.get(pk=content.pk)
+    assert (saved.version, saved.body, saved.image_url, saved.variants) == (content.version, "Spring sale", "", {})
