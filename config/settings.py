@@ -407,7 +407,7 @@ if _env_bool("PUSHDESK_TASKS_SYNC", default=False):
 # --- auth ----------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
-    "django.contrib.auth.backends.ModelBackend",
+    "accounts.backends.RoleBackend",  # ModelBackend whose group permissions are roles' only
     "guardian.backends.ObjectPermissionBackend",
 ]
 ANONYMOUS_USER_NAME = None  # no guardian anonymous user: anonymous requests get nothing

@@ -619,37 +619,6 @@ def test_saving_the_page_of_a_policy_s_group_member_keeps_the_group_and_saves(
     assert not AuditEvent.objects.filter(action="roles_changed").exists()
 
 
-def test_taking_from_a_group_the_permissions_a_policy_s_only_approver_decides_by_is_refused(
-    client, admin_erin, viewer_carol, shop
-):
-    """A team may carry what lets its members approve: its page may not take that from a policy's
-    only approver, and a refused part of the save saves none of it."""
-    from django.contrib.auth.models import Permission
-
-    deciders = Group.objects.create(name="Shop deciders")
-    deciders.permissions.set(Permission.objects.filter(codename__in=["decide_approvalrequest", "approve_campaign"]))
-    viewer_carol.groups.add(deciders)
-    access_grant(obj=shop, to=viewer_carol, by=admin_erin)
-    _policy_naming(admin_erin, shop, viewer_carol)
-    before = sorted(deciders.permissions.values_list("pk", flat=True))
-    url = f"/admin/auth/group/{deciders.pk}/change/"
-    client.force_login(viewer_carol)
-    renamed = {"name": "Renamed", "permissions": [], "members": [viewer_carol.pk]}
-    assert client.post(url, renamed).status_code in (302, 403, 404)
-
-    client.force_login(admin_erin)
-    answer = client.post(url, renamed, follow=True)
-    page = html.unescape(answer.content.decode())
-    assert "Changing the group Shop deciders's permissions" in page and "'Shop marketing'" in page
-    assert "not saved" in page and "changed successfully" not in page
-    deciders.refresh_from_db()
-    assert deciders.name == "Shop deciders" and sorted(deciders.permissions.values_list("pk", flat=True)) == before
-
-    kept = {**renamed, "permissions": before}
-    assert client.post(url, kept).status_code == 302
-    assert Group.objects.get(pk=deciders.pk).name == "Renamed"
-
-
 # --- a team's members, set on its page ----------------------------------------------------------
 
 

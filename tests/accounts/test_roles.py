@@ -188,3 +188,17 @@ def test_after_a_flush_each_role_holds_exactly_its_tables_permissions_set_once(m
             )
         }
         assert held == set(role_permissions(role)), role
+
+
+def test_a_team_s_permissions_give_its_members_nothing_their_role_s_and_own_still_do(viewer_carol, approver_bob):
+    """Group permissions are read from roles alone; a permission given to the user is kept."""
+    from django.contrib.auth.models import Group, Permission
+
+    team = Group.objects.create(name="Shop deciders")
+    team.permissions.set(Permission.objects.filter(codename="decide_approvalrequest"))
+    for user in (viewer_carol, approver_bob):
+        user.groups.add(team)
+    assert not User.objects.get(pk=viewer_carol.pk).has_perm("accounts.decide_approvalrequest")
+    assert User.objects.get(pk=approver_bob.pk).has_perm("accounts.decide_approvalrequest")
+    viewer_carol.user_permissions.add(Permission.objects.get(codename="decide_approvalrequest"))
+    assert User.objects.get(pk=viewer_carol.pk).has_perm("accounts.decide_approvalrequest")

@@ -283,3 +283,31 @@ def test_a_viewer_is_told_her_role_not_the_campaigns_state_keeps_her_from_acting
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode().replace("&#x27;", "'")
     assert "Your role may view this campaign, not act on it." in page
     assert "in this state" not in page
+
+
+def test_a_viewer_in_a_team_carrying_approve_permissions_approves_nothing(client, world, viewer_carol):
+    """A role says what one may do, a team only where: permissions left on a team (given on its page
+    before it stopped offering them) give its members nothing, so a Viewer in it still approves nothing."""
+    from django.contrib.auth.models import Group, Permission
+    from django.core.exceptions import PermissionDenied
+
+    from accounts.selectors import approvals_waiting_for
+
+    deciders = Group.objects.create(name="Shop deciders")
+    deciders.permissions.set(Permission.objects.filter(codename__in=["decide_approvalrequest", "approve_campaign"]))
+    viewer_carol.groups.add(deciders)
+    access_grant(obj=world["shop"], to=viewer_carol, by=None)
+    campaign = _campaign(world, owner=world["owner"], app=world["shop"], state="in_review")
+
+    carol = type(viewer_carol).objects.get(pk=viewer_carol.pk)
+    assert not carol.has_perm("accounts.decide_approvalrequest") and not carol.has_perm("campaigns.approve_campaign")
+    assert approvals_waiting_for(carol) == []
+    with pytest.raises(PermissionDenied):
+        campaign_approve(campaign_id=campaign.pk, by=carol)
+    client.force_login(carol)
+    page = client.get("/admin/accounts/approvalrequest/").content.decode()
+    assert "All I can see" in page.split('<li class="selected">')[1].split("</li>")[0]
+    waiting = client.get("/admin/accounts/approvalrequest/", {"show": "mine_to_decide"})
+    assert waiting.status_code == 200 and campaign.name not in waiting.content.decode()
+    assert _act(client, carol, campaign, "approve", None).status_code in (403, 404)
+    assert Campaign.objects.get(pk=campaign.pk).status == "in_review"
