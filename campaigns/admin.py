@@ -18,6 +18,7 @@ from accounts.admin.bases import (
     ScopedAdmin,
     linked_if_visible,
     page_answers,
+    related_links_that_work,
     with_reader_sees,
 )
 from accounts.admin.lifecycle import LifecycleAdminMixin, approval_text, page_request
@@ -539,6 +540,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
                 if field is not None and current is not None:
                     field.queryset = field.queryset | field.queryset.model.objects.filter(pk=current)
                     field.reader = request.user
+        related_links_that_work(request, form)
         return form
 
     def lifecycle_locked(self, request, obj) -> str:

@@ -661,6 +661,42 @@ class ScopedAdmin(AccessAdmin):
         return obj is None or self._can(request, "view", obj)
 
 
+def related_links_that_work(request, form_class) -> None:
+    """Keep each related field's change, delete and view links (Django's ``RelatedFieldWidgetWrapper``)
+    only where the reader may use them on every choice the field offers, a colleague's kept one too.
+
+    Django asks the related admin without an object, so a role allowed to delete segments saw the
+    delete link beside one it had no access to, and the link answered 403. A ``ScopedAdmin``
+    answers per object (``visible_to`` for the action's permission, as its ``has_*_permission``):
+    one query per field, none where Django already left the links out.
+    """
+    from django.contrib.admin.widgets import RelatedFieldWidgetWrapper
+
+    for field in form_class.base_fields.values():
+        widget = field.widget
+        if not isinstance(widget, RelatedFieldWidgetWrapper):
+            continue
+        related_admin = widget.admin_site._registry.get(widget.rel.model)
+        actions = [a for a in ("change", "delete", "view") if getattr(widget, f"can_{a}_related")]
+        if not isinstance(related_admin, ScopedAdmin) or not actions:
+            continue
+        everything = related_admin.model._default_manager.all()
+        refused = field.queryset.aggregate(
+            **{
+                action: models.Count(
+                    "pk",
+                    filter=~models.Q(
+                        pk__in=visible_to(request.user, everything, perm=related_admin._perm(action)).values("pk")
+                    ),
+                )
+                for action in actions
+            }
+        )
+        for action in actions:
+            if refused[action]:
+                setattr(widget, f"can_{action}_related", False)
+
+
 class _AccessForm(forms.Form):
     user = digits.ModelChoiceField(queryset=User.objects.filter(is_active=True).order_by("username"), required=False)
     group = digits.ModelChoiceField(queryset=Group.objects.order_by("name"), required=False)

@@ -296,8 +296,9 @@ def test_the_change_page_reads_each_choice_list_once_however_many_variant_rows(
     client.force_login(manager_alice)
     url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
     assert client.get(url).status_code == 200
-    # 42 with a read per row; one is whether its contents show its name (the help beside it)
-    with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(30):
+    # 42 with a read per row; one is whether its contents show its name (the help beside it), three
+    # whether the app's, the segment's and the content's links work for every choice (one a field)
+    with CaptureQueriesContext(connection) as queries, django_assert_max_num_queries(33):
         page = client.get(url)
     assert page.status_code == 200
     assert not [q["sql"] for q in queries if "DECLARE" in q["sql"]]
@@ -1583,3 +1584,34 @@ def test_the_campaign_page_says_whether_the_approval_covers_its_name(
         "Saving an edit of its app, purpose, content, variants, audience, schedule, throttle, winner mode or "
         "conversion goal (winner mode picks by it) makes a pending" in page
     )
+
+
+def _related_links(page, field: str) -> dict[str, str]:
+    """The links Django's related widget draws beside ``field``, by kind: their address, the
+    selected object's id put in as its script does."""
+    found = re.findall(
+        rf'<a class="related-widget-wrapper-link (\w+)-related" id="\1_id_{field}"\s+(?:data-href-template|href)="([^"]+)"',
+        page.content.decode(),
+    )
+    return {kind: url.replace("&amp;", "&") for kind, url in found}
+
+
+def test_the_segments_links_are_offered_only_to_a_reader_they_work_for(
+    client, make_campaign, segment, manager_alice, approver_bob
+):
+    """Beside the segment, an Approver read Django's change, delete and view links, asked of the
+    segment's admin without an object (their role may delete segments), and the segment, Alice's,
+    answered 403 to them. Each is shown only when the reader may use it on every choice offered."""
+    campaign = make_campaign()
+    client.force_login(approver_bob)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    assert page.status_code == 200 and 'name="segment"' in page.content.decode()
+    assert client.get(f"/admin/audiences/segment/{segment.pk}/delete/").status_code in (403, 404)
+    assert set(_related_links(page, "segment")) <= {"add"}
+
+    client.force_login(manager_alice)
+    links = _related_links(client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/"), "segment")
+    assert {"change", "delete"} <= set(links)
+    for kind in ("change", "delete"):
+        answer = client.get(links[kind].replace("__fk__", str(segment.pk)))
+        assert answer.status_code == 200, (kind, answer.status_code)
