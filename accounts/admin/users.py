@@ -369,7 +369,8 @@ admin.site.unregister(Group)
 class GroupForm(forms.ModelForm):
     """The group page's form. A team's (a group that is no role) members are set here, among the
     active users with a role and the team's own members; a role's are set on users' pages (the role
-    page shows its members read-only, the field taken from its form)."""
+    page shows its members read-only, the field taken from its form). A team carries no
+    permissions (``accounts.backends``): its page offers none; a role's are shown read-only."""
 
     members = RowsChoiceField(
         queryset=User.objects.none(),
@@ -381,7 +382,7 @@ class GroupForm(forms.ModelForm):
 
     class Meta:
         model = Group
-        fields = ("name", "permissions")
+        fields = ("name",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -404,7 +405,12 @@ class GroupAdmin(DeletionKeptDecidable, AccessAdmin, DjangoGroupAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.name in ROLES:
             return ("name", "permissions", "members")
-        return ()
+        return ("team_permissions",)
+
+    @admin.display(description="Permissions")
+    def team_permissions(self, obj):
+        """What a team's members may do: what their roles allow, the team saying only where."""
+        return "None: a team's members do what their roles allow, on what the team was granted."
 
     @admin.display(description="Members")
     def members(self, obj):
@@ -419,8 +425,8 @@ class GroupAdmin(DeletionKeptDecidable, AccessAdmin, DjangoGroupAdmin):
         )
 
     def _changeform_view(self, request, object_id, form_url, extra_context):
-        # New permissions that would leave an active approval policy with no one to decide (its
-        # approvers approved through the group) refuse the whole save, as on the user's page.
+        # New members that would leave an active approval policy with no one to decide refuse the
+        # whole save, as on the user's page.
         try:
             with transaction.atomic(using=router.db_for_write(self.model)):
                 return super()._changeform_view(request, object_id, form_url, extra_context)
@@ -429,15 +435,7 @@ class GroupAdmin(DeletionKeptDecidable, AccessAdmin, DjangoGroupAdmin):
         return HttpResponseRedirect(request.path)
 
     def save_related(self, request, form, formsets, change):
-        if change and "permissions" in form.changed_data:
-            with approval_policies_kept_decidable(
-                doing=f"Changing the group {form.initial['name']}'s permissions",
-                fix=POLICY_DECIDER_FIX,
-                undone="the permissions were not changed",
-            ):
-                super().save_related(request, form, formsets, change)
-        else:
-            super().save_related(request, form, formsets, change)
+        super().save_related(request, form, formsets, change)
         if not change and "members" in form.changed_data:
             team_members_set(group_id=form.instance.pk, members=form.cleaned_data["members"], by=request.user)
 

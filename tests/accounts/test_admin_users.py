@@ -619,14 +619,39 @@ def test_saving_the_page_of_a_policy_s_group_member_keeps_the_group_and_saves(
     assert not AuditEvent.objects.filter(action="roles_changed").exists()
 
 
+def test_a_team_s_page_offers_no_permissions_and_a_posted_one_changes_nothing(
+    client, admin_erin, viewer_carol, shop_reviewers
+):
+    """A team carries no permissions, its members doing what their roles allow: its page says so
+    and offers none; a role's page shows its permissions read-only."""
+    from django.contrib.auth.models import Permission
+
+    decide = Permission.objects.filter(codename__in=["decide_approvalrequest", "approve_campaign"])
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    client.force_login(viewer_carol)
+    assert client.post(url, {"name": "Renamed", "permissions": [p.pk for p in decide]}).status_code in (403, 404)
+
+    client.force_login(admin_erin)
+    answer = client.get(url)
+    assert "permissions" not in answer.context["adminform"].form.fields
+    assert "a team&#x27;s members do what their roles allow" in answer.content.decode()
+    posted = {**team_form(shop_reviewers, members=list(shop_reviewers.user_set.all())), "name": "Renamed"}
+    assert client.post(url, {**posted, "permissions": [p.pk for p in decide]}).status_code == 302
+    shop_reviewers.refresh_from_db()
+    assert shop_reviewers.name == "Renamed" and not shop_reviewers.permissions.exists()
+
+    role = client.get(f"/admin/auth/group/{Group.objects.get(name='Approver').pk}/change/")
+    assert "permissions" not in role.context["adminform"].form.fields
+    assert "Can approve or request changes" in html.unescape(role.content.decode())
+
+
 # --- a team's members, set on its page ----------------------------------------------------------
 
 
 def team_form(team: Group, *, members: list[User], **changes) -> dict:
-    """The team page's form as the browser posts it: its name, its permissions, its members."""
+    """The team page's form as the browser posts it: its name, its members."""
     data = {
         "name": team.name,
-        "permissions": list(team.permissions.values_list("pk", flat=True)),
         "members": [user.pk for user in members],
     }
     data.update(changes)
