@@ -283,6 +283,10 @@ class ApprovalRequest(models.Model):
     subject_id = models.CharField(max_length=64)
     subject_label = models.CharField(max_length=200)
     fingerprint = models.CharField(max_length=64, help_text="The content fingerprint at submission.")
+    # What its subject was submitted as, in the words its review compares (a campaign's snapshot, a
+    # journey version's): the review of the request that follows one sent back for changes shows
+    # what changed since. None for a request opened before requests kept it.
+    snapshot = models.JSONField(null=True, blank=True, editable=False)
     message = models.TextField(blank=True, help_text="What the requester says to the approvers.")
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     requested_at = models.DateTimeField(default=timezone.now)

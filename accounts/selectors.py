@@ -810,6 +810,20 @@ def approval_current(subject: models.Model) -> ApprovalRequest | None:
     )
 
 
+def approval_sent_back_before(request: ApprovalRequest) -> ApprovalRequest | None:
+    """The request its subject had just before ``request`` (the order of ``approval_current``), when
+    an approver sent that one back for changes: ``request`` is its author's answer to it. None
+    otherwise (a first request, or one after an approval, a cancel or an edit that voided it)."""
+    before = (
+        ApprovalRequest.objects.filter(subject_type_id=request.subject_type_id, subject_id=request.subject_id)
+        .filter(Q(requested_at__lt=request.requested_at) | Q(requested_at=request.requested_at, pk__lt=request.pk))
+        .select_related("decided_by")
+        .order_by("-requested_at", "-pk")
+        .first()
+    )
+    return before if before is not None and before.status == ApprovalRequest.Status.CHANGES_REQUESTED else None
+
+
 def _approvers(users, groups) -> list[User]:
     """The active people a policy names, directly or through its groups."""
     named = User.objects.filter(Q(pk__in=[u.pk for u in users]) | Q(groups__in=[g.pk for g in groups]))

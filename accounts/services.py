@@ -458,6 +458,7 @@ def approval_request_open(
     by: User,
     message: str = "",
     source_context: dict | None = None,
+    snapshot: dict | None = None,
 ) -> ApprovalRequest:
     """Open a pending request for ``subject``, routed by the newest active policy that matches ``context``.
 
@@ -466,8 +467,10 @@ def approval_request_open(
     a revision moving the subject to another app, the same of the app it moves out of. The newest
     policy matching each governs the request together: an approver must be named by both, and
     self-approval is blocked when either blocks it (or when no policy matches one of them, the safe
-    default); when the same policy, or only one, matches, it alone governs. Raises ApprovalError
-    when the subject already has a pending request.
+    default); when the same policy, or only one, matches, it alone governs. ``snapshot``: what the
+    subject is submitted as, kept for the review of a request that follows this one, should it be
+    sent back (``approval_sent_back_before``). Raises ApprovalError when the subject already has a
+    pending request.
     """
     message = message.strip()
     if len(message) > APPROVAL_MESSAGE_MAX:
@@ -494,6 +497,7 @@ def approval_request_open(
         subject_id=str(subject.pk),
         subject_label=str(subject)[:200],
         fingerprint=fingerprint,
+        snapshot=snapshot,
         message=message,
         requested_by=by,
         policy=policy,

@@ -770,50 +770,145 @@ def version_diff_html(before: dict | None, after: dict, *, app_id: int, reader: 
     return rows_diff_html(rows, first=before is None, before_title=before_title)
 
 
-def rows_diff_html(rows: list[tuple], *, first: bool, before_title: str) -> str:
-    """``rows_diff``'s rows as the review's table: changed rows first and marked; a first review
-    (``first``) shows every row as what the approval covers."""
+def rows_diff_html(
+    rows: list[tuple],
+    *,
+    first: bool,
+    before_title: str,
+    caption: str = "",
+    after_title: str = "This revision",
+    since: frozenset[str] = frozenset(),
+    note: str = "",
+) -> str:
+    """``rows_diff``'s rows as the review's table: changed rows first and marked, under ``caption``
+    (by default, what changed since the approved version) and the count of changes, then ``note``;
+    the columns titled ``before_title`` and ``after_title``; the rows labelled in ``since`` marked
+    as changed since a request for changes (the ``note`` says which). A first review (``first``) shows every row as what
+    the approval covers, under ``caption`` when given."""
     if first:
         body = format_html_join("", '<tr><th scope="row">{}</th><td>{}</td></tr>', [(r[0], r[2]) for r in rows])
         return format_html(
             '<table id="approval-diff" class="first-review"><caption>{}</caption>{}</table>',
-            "First review: everything this approval covers",
+            caption or "First review: everything this approval covers",
             body,
         )
     ordered = [r for r in rows if r[3]] + [r for r in rows if not r[3]]
     body = format_html_join(
         "",
-        '<tr class="{}"><th scope="row">{}</th><td>{}</td><td>{}</td></tr>',
+        '<tr class="{}{}"><th scope="row">{}{}</th><td>{}</td><td>{}</td></tr>',
         [
-            ("changed" if changed else "unchanged", label, old, new if changed else "(unchanged)")
+            (
+                "changed" if changed else "unchanged",
+                " since-sent-back" if label in since else "",
+                label,
+                format_html('<br><small class="since-sent-back">{}</small>', "changed since the request for changes")
+                if label in since
+                else "",
+                old,
+                new if changed else "(unchanged)",
+            )
             for label, old, new, changed in ordered
         ],
     )
     changed = sum(1 for r in rows if r[3])
     return format_html(
-        "<style>#approval-diff tr.changed td{{background:#fff4d6}} #approval-diff tr.unchanged{{opacity:.6}}</style>"
-        '<table id="approval-diff" class="revision"><caption>{} — {} change{}</caption>'
-        "<thead><tr><th></th><th>{}</th><th>This revision</th></tr></thead>{}</table>",
-        "What changed since the approved version",
+        "<style>#approval-diff tr.changed td{{background:#fff4d6}} #approval-diff tr.unchanged{{opacity:.6}}"
+        " #approval-diff tr.since-sent-back th{{border-left:3px solid #d97706}}</style>"
+        '<table id="approval-diff" class="revision"><caption>{} — {} change{}{}</caption>'
+        "<thead><tr><th></th><th>{}</th><th>{}</th></tr></thead>{}</table>",
+        caption or "What changed since the approved version",
         changed,
         "" if changed == 1 else "s",
+        f". {note}" if note else "",
         before_title,
+        after_title,
         body,
+    )
+
+
+def sent_back_text(sent_back: ApprovalRequest, *, subject) -> str:
+    """The request for changes a submission answers (``approval_sent_back_before``), in words: its
+    comment, who sent it back and when, as the subject shows its dates (``approvals_asked_at``)."""
+    from accounts.approvals import approvals_asked_at
+
+    when = approvals_asked_at([sent_back], field="decided_at", subjects={sent_back.pk: subject})[sent_back.pk]
+    said = [f"“{sent_back.comment}”"] if sent_back.comment else []
+    said += [f"by {sent_back.decided_by}", when]
+    return f"Resubmitted after your request for changes ({', '.join(said)})"
+
+
+def resubmission_diff_html(
+    before_rows: list[tuple[str, str]] | None,
+    after_rows: list[tuple[str, str]],
+    *,
+    sent_back: ApprovalRequest,
+    subject,
+    live_rows: list[tuple[str, str]] | None = None,
+    live_title: str = "",
+) -> str:
+    """The review of a submission that answers a request for changes (``sent_back``): what changed
+    since what that request was submitted as (``before_rows``: its kept snapshot's rows; None when
+    it kept none, and everything is shown, saying so). A revision of something approved
+    (``live_rows``, titled ``live_title``) is still compared with the approved version, the rows
+    changed since the request for changes marked."""
+    said = sent_back_text(sent_back, subject=subject)
+    if live_rows is not None:
+        if before_rows is None:
+            since, said = frozenset(), f"{said}: what that request was submitted as was not kept"
+        else:
+            since = frozenset(r[0] for r in rows_diff(before_rows, after_rows) if r[3])
+            said += f": {len(since)} row{pluralize(len(since))} changed since, marked"
+        return rows_diff_html(
+            rows_diff(live_rows, after_rows), first=False, before_title=live_title, since=since, note=said
+        )
+    if before_rows is None:
+        caption = (
+            f"{said}: what that request was submitted as was not kept, so everything this approval covers is shown"
+        )
+        return rows_diff_html(rows_diff(None, after_rows), first=True, before_title="", caption=caption)
+    return rows_diff_html(
+        rows_diff(before_rows, after_rows),
+        first=False,
+        before_title="As sent back for changes",
+        caption=said,
+        after_title="This submission",
     )
 
 
 def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: User) -> str:
     """The review pane: a phone per platform, then a diff against the approved version (a revision of
-    a scheduled or live campaign) or everything the approval covers (a first review)."""
+    a scheduled or live campaign) or everything the approval covers (a first review); for a request
+    answering one sent back for changes, what changed since that one was submitted
+    (``resubmission_diff_html``)."""
+    from accounts.selectors import approval_sent_back_before
+
     approved = campaign.approved() if campaign.is_active else None
     phones = campaign_phones_html(campaign, reader=user)
-    diff = version_diff_html(
-        approved.snapshot if approved else None,
-        campaign.snapshot(),
-        app_id=campaign.app_id,
-        reader=user,
-        before_title=f"Approved version {approved.number} (sending now)" if approved else "",
-    )
+    before_title = f"Approved version {approved.number} (sending now)" if approved else ""
+    sent_back = approval_sent_back_before(request)
+    if sent_back is None:
+        diff = version_diff_html(
+            approved.snapshot if approved else None,
+            campaign.snapshot(),
+            app_id=campaign.app_id,
+            reader=user,
+            before_title=before_title,
+        )
+    else:
+        now, kept, after = timezone.now(), sent_back.snapshot, campaign.snapshot()
+        names = snapshot_names(user, approved.snapshot if approved else None, kept, after)
+
+        def rows(version, *, first=False):
+            return version_rows(version, app_id=campaign.app_id, now=now, names=names, first=first)
+
+        diff = resubmission_diff_html(
+            rows(kept, first=approved is None) if kept else None,
+            rows(after, first=approved is None),
+            sent_back=sent_back,
+            subject=campaign,
+            live_rows=rows(approved.snapshot) if approved else None,
+            live_title=before_title,
+        )
     # The segment and the contents are linked for a reader who may open them, said by number to the others.
     variants = campaign.variant_list()
     content_ids = [v.content_id for v in variants] if variants else [campaign.content_id]

@@ -312,6 +312,7 @@ def campaign_submit(*, campaign_id: int, by: User, message: str = "") -> Approva
             approve_perm="campaigns.approve_campaign",
             by=by,
             message=message,
+            snapshot=campaign.snapshot(),
         )
         if revision:
             audit(actor=by, action="campaign_revision_submitted", obj=campaign, summary={"request": request.pk})

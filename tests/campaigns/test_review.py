@@ -294,3 +294,93 @@ def test_the_approver_reviews_the_name_a_content_shows_and_a_revision_renaming_i
     other = make_campaign(name="Plain")
     request = campaign_submit(campaign_id=other.pk, by=manager_alice)
     assert not any(label.startswith("Name") for label in _review_rows(client, request))
+
+
+def _diff_rows(page: str) -> list[tuple[str, str, str, str]]:
+    """The review's diff, as (class, label, before, after) rows in the order shown."""
+    table = page[page.index('<table id="approval-diff"') :]
+    table = table[: table.index("</table>")]
+    rows = re.findall(r'<tr class="([\w -]+)"><th scope="row">(.*?)</th><td>(.*?)</td><td>(.*?)</td></tr>', table)
+    return [tuple(html.unescape(cell) for cell in row) for row in rows]
+
+
+def test_a_first_submission_sent_back_and_submitted_again_is_reviewed_as_what_changed_since(
+    client, make_campaign, manager_alice, approver_bob, content
+):
+    """The approver who asked for changes on a first submission read the next one whole ("First
+    review"), with nothing to tell what was changed since: the review names their request, with
+    its comment, and compares with what that request was submitted as, the changed rows first."""
+    from campaigns.services.lifecycle import campaign_request_changes
+    from delivery.services.contents import pushcontent_save
+
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_request_changes(campaign_id=campaign.pk, by=approver_bob, comment="Say the discount in the title")
+    content.title = "20% off today"
+    pushcontent_save(content=content, by=manager_alice)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    page = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    caption = html.unescape(re.search(r"<caption>(.*?)</caption>", page).group(1))
+    assert caption.startswith(
+        "Resubmitted after your request for changes (“Say the discount in the title”, by approver_bob, "
+    )
+    assert caption.endswith(" — 1 change")
+    assert "First review" not in page
+    rows = _diff_rows(page)
+    assert rows[0] == (
+        "changed",
+        "Title (en)",
+        "Hello {{ profile.attributes.first_name | default: 'there' }}",
+        "20% off today",
+    )
+    assert all(row[0] == "unchanged" for row in rows[1:])
+    assert "<th>As sent back for changes</th><th>This submission</th>" in page
+
+
+def test_a_request_sent_back_before_requests_kept_what_they_were_submitted_as_is_reviewed_whole_saying_so(
+    client, make_campaign, manager_alice, approver_bob
+):
+    from accounts.models import ApprovalRequest
+    from campaigns.services.lifecycle import campaign_request_changes
+
+    campaign = make_campaign()
+    first = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_request_changes(campaign_id=campaign.pk, by=approver_bob, comment="Shorter")
+    ApprovalRequest.objects.filter(pk=first.pk).update(snapshot=None)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    page = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    caption = html.unescape(re.search(r"<caption>(.*?)</caption>", page).group(1))
+    assert caption.startswith("Resubmitted after your request for changes (“Shorter”, by approver_bob, ")
+    assert caption.endswith(
+        "): what that request was submitted as was not kept, so everything this approval covers is shown"
+    )
+    assert _review_rows(client, request)["Title (en)"] == "Hello {{ profile.attributes.first_name | default: 'there' }}"
+
+
+def test_a_revision_sent_back_and_submitted_again_marks_what_changed_since_the_request_for_changes(
+    client, make_campaign, manager_alice, approver_bob
+):
+    """A revision is still compared with the approved version; the rows changed since the approver
+    sent it back are marked among them."""
+    from campaigns.services.lifecycle import campaign_approve, campaign_request_changes
+
+    send_at = dt.datetime(2027, 1, 5, 9, tzinfo=PARIS)
+    campaign = make_campaign(schedule_kind="recurring", recurrence="daily", send_at=send_at)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=send_at - dt.timedelta(hours=1))
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, missed_window_minutes=240, throttle_per_second=50)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_request_changes(campaign_id=campaign.pk, by=approver_bob, comment="Not that late")
+    campaign_update(campaign_id=campaign.pk, by=manager_alice, missed_window_minutes=120)
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client.force_login(approver_bob)
+    page = client.get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    assert "What changed since the approved version — 2 changes" in html.unescape(page)
+    rows = {row[1].split("<br>")[0]: row for row in _diff_rows(page)}
+    assert rows["Missed-send window"][0] == "changed since-sent-back"
+    assert "changed since the request for changes" in rows["Missed-send window"][1]
+    assert rows["Throttle"][0] == "changed"
+    assert "Resubmitted after your request for changes (“Not that late”, by approver_bob, " in html.unescape(page)
+    assert ": 1 row changed since, marked" in html.unescape(page)
