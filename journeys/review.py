@@ -190,41 +190,105 @@ def exit_text(version: JourneyVersion) -> str:
     return f"the event '{version.exit_event}'" if version.exit_event else "none"
 
 
-def _revision_diff_html(journey: Journey, version: JourneyVersion, *, contents: dict, names: dict, user: User) -> str:
+# What a version's review compares, beside its pushes' texts (``version_rows``).
+SUBMITTED_FIELDS = (
+    "entry_kind",
+    "entry_segment_id",
+    "entry_every_hours",
+    "entry_event",
+    "reentry",
+    "reentry_wait_seconds",
+    "exit_event",
+    "graph",
+)
+
+
+def submitted_snapshot(journey: Journey, version: JourneyVersion) -> dict:
+    """What ``version`` is submitted as, kept by its request (``approval_request_open``): what its
+    review compares (``version_rows``), each push step's content as it is now, the journey's name."""
+    from delivery.models import PushContent
+
+    steps = contents_of(version.graph)
+    contents = PushContent.objects.in_bulk(set(steps.values()))
+    return {
+        "fields": {field: getattr(version, field) for field in SUBMITTED_FIELDS},
+        "number": version.number,
+        "name": journey.name,
+        "specs": {step: contents[cid].spec() for step, cid in steps.items() if cid in contents},
+    }
+
+
+def _submitted_version(journey: Journey, snapshot: dict) -> JourneyVersion:
+    """The version a request was submitted as (``submitted_snapshot``), never saved."""
+    return JourneyVersion(journey=journey, number=snapshot["number"], **snapshot["fields"])
+
+
+def _revision_diff_html(
+    journey: Journey,
+    version: JourneyVersion,
+    *,
+    contents: dict,
+    names: dict,
+    user: User,
+    request: ApprovalRequest | None = None,
+) -> str:
     """What the version in review changes of the live one (what is sent now: its pushes as
     approved), as a campaign's revision shows it; for a first version, everything the approval
     covers in words, as a campaign's first review shows it (the graph names a condition's
     branches, not what each tests). ``contents`` and ``names``: the version's push contents by id
     and their names (``content_names``). The segments and apps the conditions use are named as
     ``conditions_html`` names them, the entry segments too: those ``user`` may see, the others by
-    number."""
+    number. For a ``request`` answering one sent back for changes, what changed since that one was
+    submitted (``resubmission_diff_html``)."""
+    from accounts.selectors import approval_sent_back_before
     from audiences.rules.schema import app_references, segment_references
     from audiences.rules.words import names_visible_to
-    from campaigns.review import rows_diff, rows_diff_html
+    from campaigns.review import resubmission_diff_html, rows_diff, rows_diff_html
 
     live = journey.live_version
     if live == version:
         live = None
-    if live is not None:
-        names = {**content_names(live, user=user), **names}
-    graphs = [version.graph] + ([live.graph] if live is not None else [])
+    sent_back = approval_sent_back_before(request) if request is not None else None
+    kept = sent_back.snapshot if sent_back is not None else None
+    submitted = _submitted_version(journey, kept) if kept else None
+    for other in (live, submitted):
+        if other is not None:
+            names = {**content_names(other, user=user), **names}
+    others = [v for v in (version, live, submitted) if v is not None]
+    graphs = [v.graph for v in others]
     trees = [tree for graph in graphs for tree in rules_of(graph)]
     segments = set().union(*(segments_of(graph) for graph in graphs), *(segment_references(tree) for tree in trees))
-    segments |= {v.entry_segment_id for v in (version, live) if v is not None and v.entry_segment_id}
+    segments |= {v.entry_segment_id for v in others if v.entry_segment_id}
     apps = set().union(*(app_references(tree) for tree in trees))
     segment_names, app_names = names_visible_to(user, segments=segments, apps=apps)
     named = {"names": names, "segment_names": segment_names, "app_names": app_names}
     after = {step: contents[cid].spec() for step, cid in contents_of(version.graph).items() if cid in contents}
     # Approved, the version sends the name the journey has then; the live one, the name it was approved with.
     after_rows = version_rows(version, specs=after, name=journey.name, **named)
+    live_rows = sending = None
+    if live is not None:
+        before = {step: item["spec"] for step, item in (live.frozen_specs or {}).items()}
+        live_rows = version_rows(live, specs=before, name=live.approved_name or journey.name, **named)
+        sending = {Journey.Status.LIVE: "live, sending now", Journey.Status.PAUSED: "live, paused"}.get(
+            journey.status, "the last live one"
+        )
+    if sent_back is not None:
+        kept_rows = None
+        if submitted is not None:
+            kept_rows = version_rows(submitted, specs=kept["specs"], name=kept["name"], **named)
+        return resubmission_diff_html(
+            kept_rows,
+            after_rows,
+            sent_back=sent_back,
+            subject=journey,
+            live_rows=live_rows,
+            live_title=f"Version {live.number} ({sending})" if live is not None else "",
+        )
     if live is None:
         return rows_diff_html(rows_diff(None, after_rows), first=True, before_title="")
-    before = {step: item["spec"] for step, item in (live.frozen_specs or {}).items()}
-    rows = rows_diff(version_rows(live, specs=before, name=live.approved_name or journey.name, **named), after_rows)
-    sending = {Journey.Status.LIVE: "live, sending now", Journey.Status.PAUSED: "live, paused"}.get(
-        journey.status, "the last live one"
+    return rows_diff_html(
+        rows_diff(live_rows, after_rows), first=False, before_title=f"Version {live.number} ({sending})"
     )
-    return rows_diff_html(rows, first=False, before_title=f"Version {live.number} ({sending})")
 
 
 def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: User) -> str:
@@ -283,7 +347,7 @@ def journey_review_html(journey: Journey, *, request: ApprovalRequest, user: Use
         '<div style="flex:2 1 480px;min-width:0">{}</div><div style="flex:1 1 300px"><h3>Pushes</h3><ul>{}</ul></div>'
         "</div></div>",
         rows,
-        _revision_diff_html(journey, version, contents=contents, names=names, user=user),
+        _revision_diff_html(journey, version, contents=contents, names=names, user=user, request=request),
         version_svg(version, names=names, segment_names=entry_names),
         pushes,
     )

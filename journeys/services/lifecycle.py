@@ -510,6 +510,8 @@ def journey_submit(*, journey_id: int, by: User, message: str = "") -> ApprovalR
     Raises TransitionError when there is no draft version to submit, ValidationError naming
     the step when the graph no longer holds (e.g. a segment it uses was deleted).
     """
+    from journeys.review import submitted_snapshot
+
     with transaction.atomic():
         journey = lock_for(Journey, journey_id, by=by, perm="journeys.submit_journey")
         version = _open_version(journey)
@@ -523,6 +525,7 @@ def journey_submit(*, journey_id: int, by: User, message: str = "") -> ApprovalR
             approve_perm="journeys.approve_journey",
             by=by,
             message=message,
+            snapshot=submitted_snapshot(journey, version),
         )
         version.status = VStatus.IN_REVIEW
         version.save(update_fields=["status"])

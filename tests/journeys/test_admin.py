@@ -1148,6 +1148,32 @@ def test_the_review_of_a_new_version_says_what_changed_since_the_live_one(
     assert ("unchanged", "Step &#x27;push&#x27;", "push &#x27;Welcome&#x27; → done", "(unchanged)") in rows
 
 
+def test_a_first_version_sent_back_and_submitted_again_is_reviewed_as_what_changed_since(
+    login, manager_alice, approver_bob, make_journey, vips, welcome
+):
+    """The approver who asked for changes on a first version read the next submission whole ("First
+    review"), with nothing to tell what was changed since: the review names their request, with its
+    comment, and compares with what that request was submitted as, the changed rows first."""
+    from journeys.services.lifecycle import journey_request_changes, journey_version_edit
+
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_request_changes(journey_id=journey.pk, by=approver_bob, comment="Wait an hour first")
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=3600)
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, graph=graph)
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    review = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    table = review[review.index('<table id="approval-diff"') :]
+    table = table[: table.index("</table>")]
+    caption = re.search(r"<caption>(.*?)</caption>", table).group(1)
+    assert caption.startswith("Resubmitted after your request for changes (“Wait an hour first”, by approver_bob, ")
+    assert caption.endswith(" — 1 change") and "First review" not in review
+    assert "<th>As sent back for changes</th><th>This submission</th>" in table
+    rows = re.findall(r'<tr class="(\w+)"><th scope="row">(.*?)</th><td>(.*?)</td><td>(.*?)</td></tr>', table)
+    assert rows[0] == ("changed", "Step &#x27;start&#x27;", "wait 0 s → check", "wait 1 hour → check")
+    assert all(row[0] == "unchanged" for row in rows[1:])
+
+
 def test_the_review_of_a_first_version_says_each_step_it_covers_in_words(
     login, manager_alice, approver_bob, make_journey
 ):
