@@ -1174,6 +1174,36 @@ def test_a_first_version_sent_back_and_submitted_again_is_reviewed_as_what_chang
     assert all(row[0] == "unchanged" for row in rows[1:])
 
 
+def test_a_new_version_sent_back_and_submitted_again_marks_what_changed_since_the_request_for_changes(
+    login, manager_alice, approver_bob, make_journey, publish, vips, welcome
+):
+    """A new version of a live journey is still compared with the live one; the rows changed since
+    the approver sent it back are marked among them."""
+    from journeys.services.lifecycle import journey_request_changes, journey_version_edit
+
+    journey = publish(make_journey())
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=3600)
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, graph=graph, exit_event="purchase")
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    journey_request_changes(journey_id=journey.pk, by=approver_bob, comment="Half an hour is enough")
+    graph = simple_graph(condition_segment=vips.pk, content=welcome.pk, wait=1800)
+    journey_version_edit(journey_id=journey.pk, by=manager_alice, graph=graph)
+    request = journey_submit(journey_id=journey.pk, by=manager_alice)
+    review = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
+    table = review[review.index('<table id="approval-diff"') :]
+    table = table[: table.index("</table>")]
+    assert "What changed since the approved version — 2 changes. Resubmitted after your request for changes" in table
+    assert "“Half an hour is enough”, by approver_bob, " in table
+    rows = re.findall(r'<tr class="([\w -]+)"><th scope="row">(.*?)</th>', table)
+    assert rows[:2] == [
+        ("changed", "Exit criteria"),
+        (
+            "changed since-sent-back",
+            'Step &#x27;start&#x27;<br><small class="since-sent-back">changed since the request for changes</small>',
+        ),
+    ]
+
+
 def test_the_review_of_a_first_version_says_each_step_it_covers_in_words(
     login, manager_alice, approver_bob, make_journey
 ):
