@@ -23,7 +23,7 @@ from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
 from accounts.approvals import may_be_referenced
 from accounts.models import ApiKey, ApprovalPolicy, ApprovalRequest, AuditEvent, User
-from accounts.roles import ADMINISTRATOR
+from accounts.roles import ADMINISTRATOR, ROLES
 from config.labels import numbered
 
 
@@ -363,8 +363,9 @@ def api_key_owner_choices(by: User) -> QuerySet[User]:
     else:
         users = User.objects.filter(pk=by.pk, is_active=True)
     perm = Permission.objects.filter(content_type__app_label="accounts", codename="add_apikey")
+    # A role's permissions, never a team's (``accounts.backends``): one join, both conditions on it.
     return users.filter(
-        Q(is_superuser=True) | Q(groups__permissions__in=perm) | Q(user_permissions__in=perm)
+        Q(is_superuser=True) | Q(groups__name__in=ROLES, groups__permissions__in=perm) | Q(user_permissions__in=perm)
     ).distinct()
 
 

@@ -107,6 +107,18 @@ def test_the_owner_choices_hold_only_users_whose_role_may_own_a_key(
     assert not ApiKey.objects.exists()
 
 
+def test_a_viewer_in_a_team_carrying_the_key_permission_is_not_offered_as_an_owner(client, admin_erin, viewer_carol):
+    """A team's permissions give its members nothing: the choices read roles alone, as the key's creation does."""
+    from django.contrib.auth.models import Group, Permission
+
+    team = Group.objects.create(name="Integrations")
+    team.permissions.set(Permission.objects.filter(codename="add_apikey"))
+    viewer_carol.groups.add(team)
+    client.force_login(admin_erin)
+    choices = client.get("/admin/accounts/apikey/add/").context["adminform"].form.fields["user"].queryset
+    assert viewer_carol not in set(choices) and admin_erin in set(choices)
+
+
 def test_an_administrator_is_not_offered_a_superuser_and_a_forged_post_makes_no_key(client, admin_erin, manager_alice):
     from tests.factories import UserFactory
 
