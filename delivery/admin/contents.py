@@ -15,6 +15,7 @@ from django.utils.translation import get_language_info
 from liquid.exceptions import LiquidError
 
 from accounts.admin.bases import (
+    KeptChoiceField,
     ObjectAccessAdminMixin,
     ScopedAdmin,
     asks_again,
@@ -336,6 +337,8 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "app":
             kwargs["queryset"] = apps_in_scope(request.user)
+            kwargs["form_class"] = KeptChoiceField
+            kwargs["label_fields"] = ("name",)  # each one's __str__
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_form(self, request, obj=None, change=False, **kwargs):
@@ -373,6 +376,12 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
                         if field not in self.errors:  # a field's own error says it already
                             self.add_error(field, [_said_on(field, path, e) for e in errors])
 
+        field = ValidatingForm.base_fields.get("app")
+        if obj is not None and field is not None:
+            # A content granted without its app keeps it, offered by number, not by name (as a
+            # campaign's form keeps a colleague's app); no one picks it who may not see it.
+            field.queryset = field.queryset | App.objects.filter(pk=obj.app_id)
+            field.reader = request.user
         return ValidatingForm
 
     def save_model(self, request, obj, form, change):
@@ -387,6 +396,9 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         seen = audience_attribute_names(app_id=content.app_id)
         if not seen:
             return
+        # Its app by number to a reader granted the content alone, as its page says it.
+        app_name = visible_named(request.user, App, [content.app_id]).get(content.app_id)
+        app_name = app_name or numbered("app", content.app_id)
         reads: dict[str, list[tuple[str, str | None]]] = {}
         for field, name, shown in spec_attributes_unseen(content.spec(), seen=set(seen)):
             reads.setdefault(name, []).append((_field_in_words(field), shown))
@@ -406,7 +418,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             hint = f": did you mean '{close[0]}'? It {effect}" if close else f": it {effect}"
             self.message_user(
                 request,
-                f"No recent profile in {content.app.name}'s audience has the attribute '{name}' "
+                f"No recent profile in {app_name}'s audience has the attribute '{name}' "
                 f"(read in {where}){hint} until one has it.",
                 messages.WARNING,
             )

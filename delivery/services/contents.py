@@ -32,11 +32,18 @@ def pushcontent_save(*, content: PushContent, by: User, uses_simulator: bool | N
     locale, an image over http on this machine only for an app that sends to the push simulator
     (``uses_simulator``, as the caller read it for the content's app: the admin form, which checked
     the content with it; read here when None). Raises ValidationError naming every wrong field at
-    once (``pushcontent_check``), PermissionDenied when ``by`` may not write content for the app.
+    once (``pushcontent_check``), PermissionDenied when ``by`` may not write content for the app it
+    sets (one granted the content alone keeps its app, which they may not name).
     """
     creating = content.pk is None
     perm = "delivery.add_pushcontent" if creating else "delivery.change_pushcontent"
-    if not by.has_perm(perm) or not in_scope(by, App.objects.filter(pk=content.app_id)).exists():
+    # The app must be one ``by`` may name when it is set now: a content granted without its app
+    # keeps it, as saved, through its editor's changes.
+    saved_app_id = (
+        None if creating else PushContent.objects.filter(pk=content.pk).values_list("app_id", flat=True).first()
+    )
+    setting_app = creating or content.app_id != saved_app_id
+    if not by.has_perm(perm) or (setting_app and not in_scope(by, App.objects.filter(pk=content.app_id)).exists()):
         raise PermissionDenied("You may not write push content for this app.")
     if not creating and not can(by, "delivery.change_pushcontent", content):
         raise PermissionDenied("You may not change this push content.")

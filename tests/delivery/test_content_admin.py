@@ -527,3 +527,30 @@ def test_every_wrong_field_is_refused_on_the_first_save_and_nothing_is_saved(cli
     }
     saved = PushContent.objects.get(pk=content.pk)
     assert (saved.version, saved.body, saved.image_url, saved.variants) == (content.version, "Spring sale", "", {})
+
+
+def test_a_content_granted_alone_is_saved_with_its_app_kept_and_never_named(client, db, manager_alice, manager_mallory):
+    """alice was granted mallory's content alone, not its app: the form's App offered only the apps
+    she may see, so her edit was refused ("Select a valid choice"). Its app is kept, offered as "an
+    app you have no access to (#3)", and the save's warnings say it by number; she may not move the
+    content to another app she may not see."""
+    shop, other = AppFactory(name="Shop"), AppFactory(name="Elsewhere")
+    access_grant(obj=shop, to=manager_mallory, by=None)
+    DeviceFactory(app=shop, profile=ProfileFactory(attributes={"first_name": "Zoe"}))
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    access_grant(obj=content, to=manager_alice, by=None)  # the content, not its app
+    client.force_login(manager_alice)
+    url = f"/admin/delivery/pushcontent/{content.pk}/change/"
+    page = client.get(url).content.decode()
+    assert f"an app you have no access to (#{shop.pk})" in page and "Shop" not in page
+
+    answer = client.post(url, _form(content, title="Hi {{ profile.attributes.frist_name }}"), follow=True)
+    html = answer.content.decode()
+    content.refresh_from_db()
+    assert (content.title, content.app_id) == ("Hi {{ profile.attributes.frist_name }}", shop.pk)
+    assert f"No recent profile in app #{shop.pk}&#x27;s audience has the attribute &#x27;frist_name&#x27;" in html
+    assert "Shop" not in html
+
+    moved = client.post(url, _form(content, app=other.pk))
+    assert moved.status_code == 200 and "app" in moved.context["adminform"].form.errors
+    assert PushContent.objects.get(pk=content.pk).app_id == shop.pk
