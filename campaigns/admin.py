@@ -388,6 +388,12 @@ def _has_occurrences_to_show(campaign: Campaign | None) -> bool:
     return campaign._occurrences_shown
 
 
+def _approved_goes_on(campaign: Campaign) -> str:
+    """What its approved version does while a revision waits: it stays scheduled until its first send
+    starts, and keeps sending after."""
+    return "stays scheduled" if campaign.status == Status.SCHEDULED else "keeps sending"
+
+
 @admin.register(Campaign)
 class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAccessAdminMixin, ScopedAdmin):
     lifecycle_delete = staticmethod(campaign_delete)
@@ -749,26 +755,30 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             return "—"
         at = dt.datetime.fromisoformat(approved.approved_at) if approved.approved_at else None
         when = f" on {zoned(at, approved.time_zone)}" if at else ""
+        # Scheduled: approved, its first send still to come (the beat makes it live when it starts).
+        scheduled = obj.status == Status.SCHEDULED
         sending = format_html(
-            '<p id="approved-version">Version {} (approved{}{}) is sending.</p>',
+            '<p id="approved-version">Version {} (approved{}{}) {}.</p>',
             approved.number,
             f" by {approved.approved_by}" if approved.approved_by else "",
             when,
+            f"is scheduled: its first send is at {next_send_text(obj)}" if scheduled else "is sending",
         )
         if not obj.has_pending_revision:
             return sending
         return format_html(
-            '{}<div id="pending-revision"><p><strong>A revision is pending:</strong> version {} keeps sending until '
+            '{}<div id="pending-revision"><p><strong>A revision is pending:</strong> version {} {} until '
             "the revision is approved. Only <em>Stop</em> takes the campaign off the air.</p>{}"
             '<div class="approved-phones"><p>Version {} as phones show it:</p>{}</div></div>',
             sending,
             approved.number,
+            _approved_goes_on(obj),
             version_diff_html(
                 approved.snapshot,
                 obj.snapshot(),
                 app_id=obj.app_id,
                 reader=page_request().user if page_request() is not None else None,
-                before_title=f"Approved version {approved.number} (sending)",
+                before_title=f"Approved version {approved.number} ({'scheduled' if scheduled else 'sending'})",
             ),
             approved.number,
             approved_phones_html(
@@ -793,8 +803,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
             self.message_user(
                 request,
                 f"This campaign is {obj.get_status_display().lower()}. Saving an edit of its {', '.join(covered[:-1])} "
-                f"or {covered[-1]} makes a pending revision: version {number} keeps sending until the revision is "
-                "approved. Only Stop takes it off the air.",
+                f"or {covered[-1]} makes a pending revision: version {number} {_approved_goes_on(obj)} until the "
+                "revision is approved. Only Stop takes it off the air.",
                 messages.WARNING,
             )
         return super().change_view(request, object_id, form_url, extra_context)

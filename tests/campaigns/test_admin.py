@@ -534,7 +534,9 @@ def test_approval_versions_and_activated_read_in_the_zone_of_the_version_each_be
     url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
     page = client.get(url).content.decode()
     assert "2027-01-03 09:00 (Europe/Paris)" in shown(page, "activated")
-    assert "on 2027-01-03 09:00 (Europe/Paris)) is sending" in shown(page, "versions")
+    assert "on 2027-01-03 09:00 (Europe/Paris)) is scheduled: its first send is at 2027-01-05 09:00 (Europe/Paris)" in (
+        shown(page, "versions")
+    )
     assert f"by approver_bob on {zoned(approved.decided_at, 'Europe/Paris')}" in shown(page, "approval")
     sending = shown(page, "versions")
     assert "America/New_York" not in sending[: sending.index('id="pending-revision"')]
@@ -545,7 +547,9 @@ def test_approval_versions_and_activated_read_in_the_zone_of_the_version_each_be
     page = client.get(url).content.decode()
     asked = zoned(revision.requested_at, "America/New_York")
     assert f"Revision waiting for approval: asked by manager_alice on {asked}" in shown(page, "approval")
-    assert "on 2027-01-03 09:00 (Europe/Paris)) is sending" in shown(page, "versions")
+    assert "on 2027-01-03 09:00 (Europe/Paris)) is scheduled: its first send is at 2027-01-05 09:00 (Europe/Paris)" in (
+        shown(page, "versions")
+    )
     campaign_request_changes(campaign_id=campaign.pk, by=approver_bob, comment="Not New York")
     page = client.get(url).content.decode()
     revision.refresh_from_db()
@@ -1615,3 +1619,35 @@ def test_the_segments_links_are_offered_only_to_a_reader_they_work_for(
     for kind in ("change", "delete"):
         answer = client.get(links[kind].replace("__fk__", str(segment.pk)))
         assert answer.status_code == 200, (kind, answer.status_code)
+
+
+def test_an_approved_campaign_says_it_is_scheduled_until_its_first_send_then_sending(
+    client, make_campaign, manager_alice, approver_bob
+):
+    """A campaign approved two days before its first send said "Version 1 ... is sending." on its
+    page; it says when it will send, in its zone, until its first send, and "is sending" once live."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    nine = dt.datetime(2027, 1, 5, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    campaign = make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris")
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=nine - dt.timedelta(days=2))
+    assert Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.SCHEDULED
+    client.force_login(manager_alice)
+    url = f"/admin/campaigns/campaign/{campaign.pk}/change/"
+
+    def said(page):
+        html = page.content.decode()
+        version = html[html.index('<p id="approved-version">') :]
+        return version[: version.index("</p>")].removeprefix('<p id="approved-version">')
+
+    page = client.get(url)
+    assert said(page).endswith(") is scheduled: its first send is at 2027-01-05 09:00 (Europe/Paris)."), said(page)
+    warning = next(str(m) for m in page.context["messages"])
+    assert "version 1 stays scheduled until the revision is approved" in warning and "sending" not in warning
+
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.LIVE)  # its first send started
+    page = client.get(url)
+    assert said(page).endswith(") is sending."), said(page)
+    assert "version 1 keeps sending until the revision is approved" in next(str(m) for m in page.context["messages"])
