@@ -147,10 +147,11 @@ def message_render_in(spec: dict, *, profile: dict, context: dict | None = None,
         return message_render(spec, profile=profile, context=context)
 
 
-def message_render_failure(spec: dict, *, profile: dict, context: dict | None = None) -> str:
-    """Why ``message_render`` fails for ``profile``: the first text that does not render, named by
-    its path as the content's errors name it (``body``, ``variants.fr.title``, ``data.url``), with
-    Liquid's message and the line it points at. Empty when every text renders."""
+def message_render_failure(spec: dict, *, profile: dict, context: dict | None = None) -> tuple[str, str] | None:
+    """Why ``message_render`` fails for ``profile``: the first text that does not render, by its path
+    as the content's errors name it in the API (``body``, ``variants.fr.title``, ``data.url``), and
+    Liquid's message with the line it points at; a page names the place in its own words. None when
+    every text renders."""
     context = context or {}
     variant = variant_choose(spec, profile.get("locale", ""))
     own = (spec.get("variants") or {}).get(variant) or {} if variant is not None else {}
@@ -163,8 +164,8 @@ def message_render_failure(spec: dict, *, profile: dict, context: dict | None = 
         try:
             template_render(source, profile=profile, context=context)
         except LiquidError as exc:
-            return f"{path}: {liquid_message(exc)}"
-    return ""
+            return path, liquid_message(exc)
+    return None
 
 
 def _spec_sources(spec: dict) -> list[str]:

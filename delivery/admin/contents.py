@@ -110,7 +110,9 @@ def _spec_previews_html(spec: dict, *, app_name: str, profile: dict | None, cont
     try:
         message = message_render(spec, profile=profile, context=context)
     except LiquidError as exc:
-        said = message_render_failure(spec, profile=profile, context=context) or exc.message
+        # The place in the words the form's errors use ("the French title: …"), not its path.
+        failure = message_render_failure(spec, profile=profile, context=context)
+        said = f"{_field_in_words(failure[0])}: {failure[1]}" if failure is not None else exc.message
         return format_html('<p class="errornote">The content does not render: {}</p>', said)
     ios_image = (
         format_html(

@@ -73,12 +73,13 @@ def test_live_preview_of_a_profile_whose_value_breaks_a_filter_says_so(client, d
         {**_form(content, title="Score {{ profile.attributes.score | round }}"), "preview_profile": "odd"},
     )
     assert answer.status_code == 200
-    assert "The content does not render: title: a filter failed on a value (ValueError)" in answer.content.decode()
+    assert "The content does not render: the title: a filter failed on a value (ValueError)" in answer.content.decode()
 
 
 def test_live_preview_of_a_broken_text_names_the_field_and_its_line(client, db, manager_alice):
     """The phones said "The content does not render: expected '}}', found end of file" as a body of
-    three lines was typed, with no word of which field or line; saving named both."""
+    three lines was typed, with no word of which field or line; saving named both. The place is
+    said in the words the form's errors use ("the French title"), not by its path ("variants.fr.title")."""
     shop = AppFactory(name="Shop")
     access_grant(obj=shop, to=manager_alice, by=None)
     content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
@@ -86,10 +87,10 @@ def test_live_preview_of_a_broken_text_names_the_field_and_its_line(client, db, 
     url = f"/admin/delivery/pushcontent/{content.pk}/live-preview/"
     broken = "Your picks\nfor the {{ profile.attributes.plan | upcase\nSee you"
     answer = client.post(url, _form(content, body=broken)).content.decode().replace("&#x27;", "'")
-    assert "The content does not render: body: expected '}}', found end of file (line 2)" in answer
+    assert "The content does not render: the body: expected '}}', found end of file (line 2)" in answer
     french = _form(content, variants='{"fr": {"title": "{% if %}"}}', preview_locale="fr")
     answer = client.post(url, french).content.decode().replace("&#x27;", "'")
-    assert "The content does not render: variants.fr.title: " in answer
+    assert "The content does not render: the French title: " in answer
 
 
 def _saved_with(client, manager, changes):
