@@ -21,6 +21,7 @@ from accounts.admin.bases import (
     asks_again,
     linked_if_visible,
     page_request,
+    related_links_that_work,
     senders_html,
     with_reader_sees,
 )
@@ -384,6 +385,7 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             # campaign's form keeps a colleague's app); no one picks it who may not see it.
             field.queryset = field.queryset | App.objects.filter(pk=obj.app_id)
             field.reader = request.user
+        related_links_that_work(request, ValidatingForm)
         return ValidatingForm
 
     def save_model(self, request, obj, form, change):

@@ -555,3 +555,19 @@ def test_a_content_granted_alone_is_saved_with_its_app_kept_and_never_named(clie
     moved = client.post(url, _form(content, app=other.pk))
     assert moved.status_code == 200 and "app" in moved.context["adminform"].form.errors
     assert PushContent.objects.get(pk=content.pk).app_id == shop.pk
+
+
+def test_the_apps_links_are_offered_only_to_a_reader_they_work_for(client, db, manager_alice, manager_mallory):
+    """Beside the app kept on a content granted alone, its reader read Django's view link, asked of
+    the app's admin without an object, and the app's page answered 404 to them; each link is shown
+    only when the reader may use it on every choice the field offers."""
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_mallory, by=None)
+    content = PushContent.objects.create(app=shop, name="Sale", title="Hello", body="Spring sale")
+    access_grant(obj=content, to=manager_alice, by=None)  # the content, not its app
+    url = f"/admin/delivery/pushcontent/{content.pk}/change/"
+    client.force_login(manager_alice)
+    assert client.get(f"/admin/delivery/app/{shop.pk}/change/").status_code == 404
+    assert 'id="view_id_app"' not in client.get(url).content.decode()
+    client.force_login(manager_mallory)
+    assert 'id="view_id_app"' in client.get(url).content.decode()
