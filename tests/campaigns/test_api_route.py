@@ -64,7 +64,7 @@ def _scenario(name, campaign, pushsim_app, manager_alice, manager_mallory, api_k
     elif name == "context_too_large":
         body["recipients"][0]["context"] = {"order_id": "x" * 5000}
     elif name == "replayed":
-        headers["HTTP_IDEMPOTENCY_KEY"] = "order-1"
+        headers["HTTP_IDEMPOTENCY_KEY"] = f"order-{profile.external_id}"  # each run's own: one user's keys share them
         assert client.post(url, body, format="json", **headers).status_code == 202
     elif name == "throttled":
         settings.PUSHDESK_TRIGGER_RATE_PER_KEY = 1
