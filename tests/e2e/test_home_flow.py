@@ -64,7 +64,7 @@ def test_administrator_home_shows_operations_and_every_app(login, page, live_ser
     totals = page.evaluate(SERIES)
     assert totals == {"targeted": 237, "accepted": 211, "failed": 11, "unknown": 0, "skipped": 15, "opened": 40}
     labels = page.evaluate("() => document.getElementById('pd-sends-chart').chart.data.labels")
-    assert len(labels) == 24
+    assert len(labels) == 25  # the 24 full hours before this one, and this one so far
     health = page.locator(".pd-health-row").all_inner_texts()
     assert any(row.startswith("Bank\tAndroid\t6\t2\t25.0%") and "credentials refused" in row for row in health)
     assert page.locator("#pd-queue-depth").inner_text() == "0"
