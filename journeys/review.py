@@ -190,17 +190,8 @@ def exit_text(version: JourneyVersion) -> str:
     return f"the event '{version.exit_event}'" if version.exit_event else "none"
 
 
-# What a version's review compares, beside its pushes' texts (``version_rows``).
-SUBMITTED_FIELDS = (
-    "entry_kind",
-    "entry_segment_id",
-    "entry_every_hours",
-    "entry_event",
-    "reentry",
-    "reentry_wait_seconds",
-    "exit_event",
-    "graph",
-)
+# What a version's review compares, beside its pushes' texts (``version_rows``): what its approval covers.
+SUBMITTED_FIELDS = JourneyVersion.FINGERPRINT_FIELDS
 
 
 def submitted_snapshot(journey: Journey, version: JourneyVersion) -> dict:

@@ -105,11 +105,24 @@ class UserChangeForm(DjangoUserChangeForm):
         return [*self.cleaned_data["groups"], *self._teams]
 
 
-class DeletionKeptDecidable:
-    """An admin whose objects are deleted through ``delete_kept_decidable`` (``user_delete``,
-    ``group_delete``), which refuses a deletion that would leave an active approval policy with no one
-    to decide: the object's page says why, nothing deleted; *Delete selected* deletes the others and
-    names each one kept, with why."""
+class PoliciesKeptDecidable:
+    """An admin of users or groups, whose changes may leave an active approval policy with no one to
+    decide, which the services refuse (``approval_policies_kept_decidable``).
+
+    A refused part of a save (a deactivation, new roles, an app revoke, a team's members) refuses the
+    whole save, as a refused save of an object with a lifecycle does: every write of it is undone and
+    the page says why, never that the object was changed. Objects are deleted through
+    ``delete_kept_decidable`` (``user_delete``, ``group_delete``): a refused deletion is said on the
+    object's page, nothing deleted; *Delete selected* deletes the others and names each one kept,
+    with why."""
+
+    def _changeform_view(self, request, object_id, form_url, extra_context):
+        try:
+            with transaction.atomic(using=router.db_for_write(self.model)):
+                return super()._changeform_view(request, object_id, form_url, extra_context)
+        except ValidationError as exc:
+            self.message_user(request, f"{' '.join(exc.messages)} Your changes were not saved.", messages.ERROR)
+        return HttpResponseRedirect(request.path)
 
     def delete_kept_decidable(self, obj, *, by):
         raise NotImplementedError
@@ -153,7 +166,7 @@ class DeletionKeptDecidable:
 
 
 @admin.register(User)
-class UserAdmin(DeletionKeptDecidable, AccessAdmin, DjangoUserAdmin):
+class UserAdmin(PoliciesKeptDecidable, AccessAdmin, DjangoUserAdmin):
     form = UserChangeForm
     list_display = (
         "username",
@@ -263,18 +276,6 @@ class UserAdmin(DeletionKeptDecidable, AccessAdmin, DjangoUserAdmin):
         )
 
     _POLICY_FIX = POLICY_DECIDER_FIX
-
-    def _changeform_view(self, request, object_id, form_url, extra_context):
-        # A part of the save the services refuse (a deactivation, new roles or an app revoke that
-        # would leave an active approval policy with no one to decide) refuses the whole save, as a
-        # refused save of an object with a lifecycle does: every write of it is undone and the page
-        # says why, never that the user was changed.
-        try:
-            with transaction.atomic(using=router.db_for_write(self.model)):
-                return super()._changeform_view(request, object_id, form_url, extra_context)
-        except ValidationError as exc:
-            self.message_user(request, f"{' '.join(exc.messages)} Your changes were not saved.", messages.ERROR)
-        return HttpResponseRedirect(request.path)
 
     def save_model(self, request, obj, form, change):
         if change and "is_active" in form.changed_data and not obj.is_active:
@@ -396,7 +397,7 @@ class GroupForm(forms.ModelForm):
 
 
 @admin.register(Group)
-class GroupAdmin(DeletionKeptDecidable, AccessAdmin, DjangoGroupAdmin):
+class GroupAdmin(PoliciesKeptDecidable, AccessAdmin, DjangoGroupAdmin):
     """Groups are roles or teams; a role's permissions come from the roles table in code, its members
     are set on users' pages; a team's members are set on its page (``team_members_set``)."""
 
@@ -423,16 +424,6 @@ class GroupAdmin(DeletionKeptDecidable, AccessAdmin, DjangoGroupAdmin):
             count,
             pluralize(count),
         )
-
-    def _changeform_view(self, request, object_id, form_url, extra_context):
-        # New members that would leave an active approval policy with no one to decide refuse the
-        # whole save, as on the user's page.
-        try:
-            with transaction.atomic(using=router.db_for_write(self.model)):
-                return super()._changeform_view(request, object_id, form_url, extra_context)
-        except ValidationError as exc:
-            self.message_user(request, f"{' '.join(exc.messages)} Your changes were not saved.", messages.ERROR)
-        return HttpResponseRedirect(request.path)
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
