@@ -151,6 +151,9 @@ class ReaderNames:
     segments: dict[int, str]
     apps: dict[int, str]
     contents: dict[int, str]
+    # The reach counted on this page, by (segment, app): the versions a review compares (the approved
+    # one, the one sent back, this one) mostly send to one segment, counted now, once.
+    reaches: dict[tuple[int, int], object] = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, reader: User | None, *, segments=(), apps=(), contents=()) -> "ReaderNames":
@@ -222,7 +225,15 @@ def _audience_counted(
     segment, deleted = _audience_segment(segment_id, label=label)
     if deleted:
         return deleted, None
-    reach = audience_reach(segment=segment, app_id=app_id) if segment is not None else None
+    if segment is None:
+        reach = None
+    elif names is None:
+        reach = audience_reach(segment=segment, app_id=app_id)
+    else:
+        key = (segment.pk, app_id)
+        if key not in names.reaches:
+            names.reaches[key] = audience_reach(segment=segment, app_id=app_id)
+        reach = names.reaches[key]
     figures = reach_text(reach, app_id=app_id, holdout_share=holdout_share, purpose=purpose)
     if segment is None:
         return figures, reach
