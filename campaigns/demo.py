@@ -11,6 +11,7 @@ from accounts.services import access_grant
 from audiences.models import Segment
 from campaigns.models import Campaign
 from campaigns.services.lifecycle import campaign_approve, campaign_create, campaign_submit
+from delivery.demo import demo_content_as_written
 from delivery.models import App, PushContent
 from delivery.services.apps import SECRET_FIELDS
 
@@ -60,6 +61,12 @@ def populate(*, stdout) -> None:
             content=flash,
         )
         campaign_submit(campaign_id=campaign.pk, by=manager)
-        campaign_approve(campaign_id=campaign.pk, by=approver, comment="Approved for the demo.")
-        made.append(f"{campaign.name} (live, API-triggered: POST /api/v1/campaigns/{campaign.pk}/trigger/)")
+        if demo_content_as_written(flash):
+            campaign_approve(campaign_id=campaign.pk, by=approver, comment="Approved for the demo.")
+            made.append(f"{campaign.name} (live, API-triggered: POST /api/v1/campaigns/{campaign.pk}/trigger/)")
+        else:
+            # Someone rewrote the demo's content since the demo wrote it: an approver reads it first.
+            made.append(
+                f"{campaign.name} (waiting for approval: its content '{flash.name}' was changed since the demo wrote it)"
+            )
     stdout.write("Demo campaigns: " + ("; ".join(made) if made else "already there."))
