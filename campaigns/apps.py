@@ -20,6 +20,7 @@ class CampaignsConfig(AppConfig):
         from campaigns.services.scheduling import (
             campaign_api_gate,
             campaign_audience_check,
+            campaign_dispatch_accepted_late,
             campaign_dispatch_refused,
             campaign_gate,
         )
@@ -33,7 +34,11 @@ class CampaignsConfig(AppConfig):
         from delivery.models import Dispatch
         from delivery.selectors import dispatch_source_readers_register
         from delivery.services.contents import pushcontent_senders_register
-        from delivery.services.dispatches import dispatch_audience_check_register, dispatch_gate_register
+        from delivery.services.dispatches import (
+            dispatch_accepted_late_register,
+            dispatch_audience_check_register,
+            dispatch_gate_register,
+        )
         from delivery.services.streams import stream_current_check_register
 
         segment_senders_register(campaigns_sending_to)
@@ -43,6 +48,7 @@ class CampaignsConfig(AppConfig):
         dispatch_audience_check_register(
             kind=Dispatch.Kind.CAMPAIGN, check=campaign_audience_check, refused=campaign_dispatch_refused
         )
+        dispatch_accepted_late_register(kind=Dispatch.Kind.CAMPAIGN, then=campaign_dispatch_accepted_late)
         stream_current_check_register(kind=Dispatch.Kind.API_TRIGGER, check=campaign_stream_is_current)
         # A campaign granted without its app shows its own sends; its test sends are its content's.
         for kind in (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER):

@@ -445,6 +445,33 @@ def _campaign_finish(campaign: Campaign) -> None:
         approval_request_close(request_id=request.pk, by=None, reason=reason)
 
 
+def campaign_dispatch_accepted_late(dispatch) -> None:
+    """Complete the campaign the tick ended ``failed`` (every send of it failed) now that one of its
+    sends, ``dispatch``, is ``done``: answers that came after its rows' lease ran out were accepted
+    (``dispatch_accepted_late``). Its status, lists and API then say what its sends did, the audit
+    line saying why. A campaign in any other state (stopped, archived, still on the air) is left as
+    it is. Locks the campaign."""
+    from delivery.models import Dispatch
+
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().filter(pk=dispatch.source_id, status=Status.FAILED).first()
+        if campaign is None:
+            return
+        sends = Dispatch.objects.filter(kind=Dispatch.Kind.CAMPAIGN, source_id=campaign.pk)
+        if not sends.exclude(status=Dispatch.Status.FAILED).exists():
+            return
+        status_transition(
+            campaign,
+            Status.COMPLETED,
+            by=None,
+            action="completed",
+            summary={
+                "answered_late": [dispatch.pk],
+                "reason": "A send of it that had failed was accepted after all: its answers came late.",
+            },
+        )
+
+
 def _nothing_sent_reason(campaign: Campaign, *, sent_any: bool) -> str:
     """Why a campaign sent nothing, for its audit line: every send of it failed, or none was made;
     and when its last occurrence was refused or skipped, that, with its note (as its page lists it)."""

@@ -97,6 +97,19 @@ def dispatch_audience_check_register(*, kind: str, check: AudienceCheck, refused
     _AUDIENCE_CHECKS[kind] = (check, refused)
 
 
+AcceptedLateHook = Callable[[Dispatch], None]
+# kind → what follows a dispatch of it judged done by late answers (``dispatch_accepted_late``)
+_ACCEPTED_LATE: dict[str, AcceptedLateHook] = {}
+
+
+def dispatch_accepted_late_register(*, kind: str, then: AcceptedLateHook) -> None:
+    """Plug what a kind does when a dispatch of it, ended ``failed`` for having none accepted, is
+    judged ``done`` by answers that came after their rows' lease ran out: ``then(dispatch)``, once
+    that is committed, without the dispatch's lock (campaigns: a campaign the tick ended ``failed``
+    on that send completes)."""
+    _ACCEPTED_LATE[kind] = then
+
+
 def content_reference_kept(content_id: int | None) -> int | None:
     """``content_id`` while that push content exists, else None: what a new dispatch may refer to.
 
@@ -772,8 +785,9 @@ def dispatch_complete_if_done(*, dispatch_id: int) -> bool:
 def dispatch_accepted_late(*, dispatch_id: int) -> bool:
     """Judge again a dispatch that ended ``failed`` for having none accepted, now that answers
     which came after their rows' lease ran out were accepted (``deliveries_write_back``): it is
-    ``done``, as it would have ended had they come in time, and the audit log says so. Locks the
-    dispatch; True when it changed."""
+    ``done``, as it would have ended had they come in time, and the audit log says so; then what
+    its kind registered (``dispatch_accepted_late_register``) follows it. Locks the dispatch; True
+    when it changed."""
     with transaction.atomic():
         dispatch = Dispatch.objects.select_for_update().filter(pk=dispatch_id).first()
         if (
@@ -796,6 +810,9 @@ def dispatch_accepted_late(*, dispatch_id: int) -> bool:
                 "answered_late": True,
             },
         )
+    then = _ACCEPTED_LATE.get(dispatch.kind)
+    if then is not None:
+        then(dispatch)
     return True
 
 

@@ -1095,3 +1095,51 @@ def test_a_send_to_a_segment_whose_saved_rules_no_longer_hold_fails_saying_so(
     assert run.status == Dispatch.Status.FAILED
     assert said in run.error, run.error
     assert not Delivery.objects.filter(dispatch=run).exists()
+
+
+@pytest.mark.embedded
+def test_a_campaign_failed_for_want_of_an_accepted_push_completes_when_its_late_answers_land(
+    client, make_campaign, approve, team, manager_alice, api_key_for
+):
+    """A worker slow, not dead: its lease ran out while the provider held its pushes, so its send
+    ended failed (none accepted, every row unknown) and the tick ended the campaign failed. The
+    answers that come after say accepted: the send is done, and the campaign completed, as they
+    would be had the answers come in time; its page, its audit log and the API say so."""
+    from accounts.models import AuditEvent
+    from delivery.services.claims import Result, deliveries_claim, deliveries_write_back
+    from delivery.services.dispatches import deliveries_expire_leases, dispatch_prepare
+
+    DeviceFactory(app=team, platform="android", profile=ProfileFactory(locale="en"))  # in the segment
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    dispatch_prepare(dispatch_id=occurrence.dispatch_id)
+    claimed = deliveries_claim(occurrence.dispatch_id, limit=10, now=timezone.now())
+    assert deliveries_expire_leases(now=timezone.now() + dt.timedelta(hours=1)) == len(claimed) == 1
+    assert Dispatch.objects.get(pk=occurrence.dispatch_id).status == "failed"
+    campaigns_tick(now=T0 + dt.timedelta(minutes=1))
+    campaign.refresh_from_db()
+    assert campaign.status == "failed"
+
+    deliveries_write_back(
+        occurrence.dispatch_id,
+        [Result(row.id, "accepted", provider_id=f"late-{row.id}") for row in claimed],
+        now=timezone.now(),
+        platforms={row.id: "android" for row in claimed},
+        claims={row.id: row.attempts for row in claimed},
+    )
+    dispatch = Dispatch.objects.get(pk=occurrence.dispatch_id)
+    assert (dispatch.status, dispatch.accepted, dispatch.unknown) == ("done", 1, 0)
+    campaign.refresh_from_db()
+    assert campaign.status == "completed"
+    completed = AuditEvent.objects.get(action="campaign_completed")
+    assert (completed.summary["from"], completed.summary["to"]) == ("failed", "completed")
+    assert completed.summary["answered_late"] == [dispatch.pk]
+
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+    assert re.search(r'<div class="readonly">\s*Completed\s*</div>', page)
+    assert _listed(client, "status=completed") == ["Spring sale"]
+    answer = api_key_for(manager_alice).get(f"/api/v1/campaigns/{campaign.pk}/")
+    assert answer.json()["status"] == "completed"
+    campaigns_tick(now=T0 + dt.timedelta(minutes=2))  # the tick leaves it so
+    assert Campaign.objects.get(pk=campaign.pk).status == "completed"
