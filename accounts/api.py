@@ -154,6 +154,8 @@ def _flatten(detail, prefix="") -> list[dict]:
                 field = f"{prefix}[{key}]"
             elif key == api_settings.NON_FIELD_ERRORS_KEY:
                 field = prefix
+            elif key.startswith("["):  # a path inside the field's value that starts at a list position
+                field = f"{prefix}{key}"
             else:
                 field = f"{prefix}.{key}" if prefix else str(key)
             errors += _flatten(value, field)

@@ -406,3 +406,22 @@ def test_a_nul_in_an_import_form_field_is_refused_with_the_same_code_and_wording
         {"field": "segment_name", "code": "invalid", "detail": "The NUL character (\\u0000) is not allowed."}
     ]
     assert not Import.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("columns", "field"),
+    [
+        ("[1e400]", "columns[0]"),
+        ("[" * 40 + "]" * 40, "columns" + "[0]" * 32),
+        ('{"plan": [1e400]}', "columns.plan[0]"),
+    ],
+)
+def test_an_import_columns_path_inside_a_list_is_named_as_every_other_path(ingest, settings, tmp_path, columns, field):
+    """A path that starts with a list position was joined to ``columns`` by a dot (``columns.[0]``)."""
+    settings.MEDIA_ROOT = tmp_path
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\nann,pro\n", content_type="text/csv")
+    response = ingest.post("/api/v1/imports/", {"file": upload, "columns": columns}, format="multipart")
+    assert response.status_code == 400, response.content[:300]
+    assert _fields(response) == [field]
+    assert response.json()["detail"].startswith(f"{field}: ")
+    assert not Import.objects.exists()
