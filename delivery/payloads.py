@@ -125,6 +125,13 @@ def variant_texts(spec: dict, variant: str | None) -> dict[str, str]:
     return texts
 
 
+def variant_own_fields(spec: dict, variant: str) -> set[str]:
+    """The text fields ``variant`` writes itself; the others are the default's (``variant_texts``),
+    whose errors are said once, at the default's field."""
+    texts = (spec.get("variants") or {}).get(variant) or {}
+    return {name for name, value in texts.items() if name in VARIANT_FIELDS and value}
+
+
 def message_render(spec: dict, *, profile: dict, context: dict | None = None) -> RenderedMessage:
     """Render the spec for one profile (``profile``: external_id, locale, timezone, attributes).
 
@@ -469,7 +476,9 @@ def spec_validate(spec: dict) -> None:
     options must be values the providers accept; the worst-case payload of every variant on
     both platforms must fit the platform's limit (the message names which part and by how much).
     One ValidationError names every wrong field, but variants that are not an object of texts
-    (``variants_shape_check``), alone; the payloads are measured once the rest holds.
+    (``variants_shape_check``), alone; the payloads are measured once the rest holds. A variant's
+    error is said for the texts it writes itself (``variant_own_fields``), and its payload measured
+    when it writes any: the texts it takes from the default are the default's, said once, at the default's field.
     """
     errors: dict[str, list[str]] = {}
 
@@ -500,20 +509,23 @@ def spec_validate(spec: dict) -> None:
         errors.setdefault("tap_action", []).append(f"Unknown tap action; use {', '.join(TAP_ACTIONS)}.")
     for locale, texts in all_texts:
         where = f"variants.{locale}." if locale else ""
+        own = variant_own_fields(spec, locale) if locale else set(VARIANT_FIELDS)
         for name, source in texts.items():
-            check(template_check, source, field=f"{where}{name}")
+            if name in own:
+                check(template_check, source, field=f"{where}{name}")
         # An image over http on this machine is for an app sending to the simulator alone, which the
         # spec does not know: ``image_refused_for_app`` judges it on save and at each row's send.
-        if not loopback_http(texts["image_url"]):
+        if "image_url" in own and not loopback_http(texts["image_url"]):
             check(url_scheme_check, texts["image_url"], field=f"{where}image_url", allowed=url_schemes)
-        if tap_action == "url":
+        if "tap_url" in own and tap_action == "url":
             check(url_scheme_check, texts["tap_url"], field=f"{where}tap_url", allowed=url_schemes)
-        elif tap_action == "deep_link":
+        elif "tap_url" in own and tap_action == "deep_link":
             check(url_scheme_check, texts["tap_url"], field=f"{where}tap_url", allowed=deep_link_schemes)
-        if tap_action in ("url", "deep_link") and not texts["tap_url"]:
-            errors.setdefault(f"{where}tap_url", []).append("A link is needed for this tap action.")
-        if not spec.get("silent") and not texts["title"] and not texts["body"]:
-            errors.setdefault(f"{where}body", []).append("A visible push needs a title or a body.")
+        # A variant's empty texts are the default's: their absence is said at the default's fields.
+        if not locale and tap_action in ("url", "deep_link") and not texts["tap_url"]:
+            errors.setdefault("tap_url", []).append("A link is needed for this tap action.")
+        if not locale and not spec.get("silent") and not texts["title"] and not texts["body"]:
+            errors.setdefault("body", []).append("A visible push needs a title or a body.")
 
     data = spec.get("data") or {}
     try:
@@ -555,8 +567,15 @@ def spec_validate(spec: dict) -> None:
     if errors:
         raise ValidationError(errors)
 
+    # A variant over the limit only by the default's texts is said at the default's (``body``).
+    measured = spec
+    default_sizes = None
     for locale, texts in all_texts:
-        check(_size_check, spec, texts, locale=locale)
+        if not locale or variant_own_fields(spec, locale):
+            sizes, messages = _size_problems(measured, texts, locale=locale, beside=default_sizes)
+            if messages:
+                errors.setdefault(f"variants.{locale}" if locale else "body", []).extend(messages)
+            default_sizes = default_sizes or sizes
     if errors:
         raise ValidationError(errors)
 
@@ -600,7 +619,9 @@ def spec_authoring_check(spec: dict, *, uses_simulator: bool = False) -> None:
     for locale, texts in [("", variant_texts(spec, None))] + [(k, variant_texts(spec, k)) for k in variants]:
         where = f"variants.{locale}." if locale else ""
         names = ("image_url", "tap_url") if tap_action in ("url", "deep_link") else ("image_url",)
-        if image_refused_for_app(texts["image_url"], uses_simulator=uses_simulator):
+        if locale:  # the default's URLs, where a variant takes them, are said at the default's fields
+            names = tuple(name for name in names if name in variant_own_fields(spec, locale))
+        if "image_url" in names and image_refused_for_app(texts["image_url"], uses_simulator=uses_simulator):
             errors.setdefault(f"{where}image_url", []).append(
                 "An image over http on this machine is only for an app that sends to the push simulator "
                 "(its phones and previews are here); a phone loads an image over https from a server it reaches."
@@ -653,24 +674,29 @@ def spec_authoring_check(spec: dict, *, uses_simulator: bool = False) -> None:
         raise ValidationError(errors)
 
 
-def _size_check(spec: dict, texts: dict[str, str], *, locale: str) -> None:
-    """Build both payloads with each templated part at its worst case and compare to the limits."""
+def _size_problems(
+    spec: dict, texts: dict[str, str], *, locale: str, beside: tuple[int, int] | None = None
+) -> tuple[tuple[int, int], list[str]]:
+    """Build both payloads with each templated part at its worst case and compare to the limits:
+    their sizes (APNs, FCM) and what is wrong with them. ``beside``: the default's sizes, when
+    measuring a variant; a platform's payload over the limit no more than the default's is the
+    default's error, not said again."""
     worst = {name: template_worst_case_bytes(source) for name, source in texts.items()}
     worst_data = {key: template_worst_case_bytes(value) for key, value in (spec.get("data") or {}).items()}
     message = RenderedMessage(
         **{name: "x" * size for name, size in worst.items()}, data={k: "x" * n for k, n in worst_data.items()}
     )
-    where = f"variants.{locale}" if locale else "body"
     label = f" (locale {locale})" if locale else ""
     apns_size = len(encode(apns_payload(spec, message, delivery_id=_ID_PLACEHOLDER)))
     fcm_size = fcm_payload_bytes(fcm_message(spec, message, token="", delivery_id=_ID_PLACEHOLDER))
+    default_apns, default_fcm = beside or (0, 0)
     problems = []
-    if apns_size > APNS_LIMIT:
+    if apns_size > APNS_LIMIT and (default_apns <= APNS_LIMIT or apns_size > default_apns):
         problems.append(("iOS (APNs)", apns_size, APNS_LIMIT))
-    if fcm_size > FCM_LIMIT:
+    if fcm_size > FCM_LIMIT and (default_fcm <= FCM_LIMIT or fcm_size > default_fcm):
         problems.append(("Android (FCM)", fcm_size, FCM_LIMIT))
     if not problems:
-        return
+        return (apns_size, fcm_size), []
     parts = {name: size for name, size in worst.items() if size}
     if worst_data:
         parts["custom data"] = sum(worst_data.values()) + sum(len(k) + 6 for k in worst_data)
@@ -681,4 +707,4 @@ def _size_check(spec: dict, texts: dict[str, str], *, locale: str) -> None:
         f"the largest parts: {biggest_text}. Shorten them (each {{{{ variable }}}} counts {VALUE_BYTES} bytes)."
         for platform, size, limit in problems
     ]
-    raise ValidationError({where: messages})
+    return (apns_size, fcm_size), messages

@@ -789,3 +789,50 @@ def test_a_save_names_every_wrong_field_at_once(shop, manager_alice):
         pushcontent_save(content=content, by=manager_alice)
     assert set(errors_of(exc)) == {"body", "image_url", "android.color", "variants"}
     assert not PushContent.objects.exists()
+
+
+# --- one answer, each error once ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"body": "Hi {{ profile.attributes.name | upcasee }}"}, "body"),
+        ({"image_url": "ftp://cdn.example/a.png"}, "image_url"),
+        ({"tap_action": "url", "tap_url": ""}, "tap_url"),
+        ({"title": "", "body": ""}, "body"),
+        ({"body": "ü" * 2100}, "body"),
+    ],
+)
+def test_a_variant_without_its_own_text_leaves_the_default_s_error_said_once(changes, field):
+    """A variant's missing texts are the default's: their error is said at the default's field."""
+    with pytest.raises(ValidationError) as exc:
+        spec_validate(spec(**changes, variants={"fr": {"title": "Salut"}, "de": {}}))
+    errors = errors_of(exc)
+    assert errors[field] and len(set(errors[field])) == len(errors[field])
+    assert [f for f in errors if f.startswith("variants")] == []
+
+
+def test_a_variant_s_own_longer_text_is_measured_beside_the_default_s():
+    with pytest.raises(ValidationError) as exc:
+        spec_validate(spec(body="ü" * 2100, variants={"de": {"body": "ü" * 2200}, "fr": {"title": "Salut"}}))
+    errors = errors_of(exc)
+    assert "body" in errors and "variants.de" in errors
+    assert "variants.fr" not in errors
+
+
+def test_a_variant_s_own_text_is_checked_at_its_own_field():
+    with pytest.raises(ValidationError) as exc:
+        spec_validate(spec(variants={"fr": {"body": "Salut {{ profile.attributes.name | upcasee }}"}}))
+    assert list(errors_of(exc)) == ["variants.fr.body"]
+
+
+def test_a_variant_s_own_url_is_checked_when_written():
+    from delivery.payloads import spec_authoring_check
+
+    with pytest.raises(ValidationError) as exc:
+        spec_authoring_check(spec(image_url="https://cdn.example/a b.png", variants={"fr": {"title": "Salut"}}))
+    assert list(errors_of(exc)) == ["image_url"]
+    with pytest.raises(ValidationError) as exc:
+        spec_authoring_check(spec(variants={"fr": {"image_url": "https://cdn.example/a b.png"}}))
+    assert list(errors_of(exc)) == ["variants.fr.image_url"]
