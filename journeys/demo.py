@@ -43,8 +43,9 @@ def _graph(*, recent: int, welcome: int, sale: int) -> dict:
 
 
 def populate(*, stdout) -> None:
+    from audiences.demo import demo_segment_as_written
     from audiences.models import Segment
-    from delivery.demo import DEMO_APP
+    from delivery.demo import DEMO_APP, demo_content_as_written
     from delivery.models import App, PushContent
     from delivery.services.apps import SECRET_FIELDS
     from journeys.services.lifecycle import journey_approve, journey_create, journey_submit
@@ -74,5 +75,14 @@ def populate(*, stdout) -> None:
         graph=_graph(recent=recent.pk, welcome=contents["Welcome back"].pk, sale=contents["Flash sale"].pk),
     )
     journey_submit(journey_id=journey.pk, by=manager, message="Demo: welcome back our beta testers.")
+    changed = [c.name for c in contents.values() if not demo_content_as_written(c)]
+    changed += [s.name for s in (beta, recent) if not demo_segment_as_written(s)]
+    if changed:
+        # Someone changed what the demo wrote since: an approver reads the journey first.
+        stdout.write(
+            f"Demo journey {DEMO_JOURNEY!r}: waiting for approval ({', '.join(changed)} changed since the demo "
+            "wrote them)."
+        )
+        return
     journey_approve(journey_id=journey.pk, by=approver, comment="Demo approval.")
     stdout.write(f"Demo journey {DEMO_JOURNEY!r}: live; beta testers enter as the workers run it.")

@@ -29,6 +29,9 @@ def test_embedded_setup_brings_up_the_admin_with_demo_users(embedded_env, tmp_pa
     assert demo.returncode == 0, demo.stderr
     passwords = dict(re.findall(r"^\s+\w+\s+(\w+)\s+(\S+)$", demo.stdout, re.MULTILINE))
     assert set(passwords) >= {"admin", "approver", "manager", "viewer"}, demo.stdout
+    # Its campaign and journey approved by the demo, over what the demo wrote and nobody changed.
+    assert "Flash sale alert (live, API-triggered" in demo.stdout, demo.stdout
+    assert "'Welcome back (demo)': live" in demo.stdout, demo.stdout
 
     again = manage(["demo_setup"], embedded_env, timeout=300)
     assert again.returncode == 0
