@@ -322,7 +322,7 @@ class ImportInSerializer(serializers.Serializer):
     def validate_columns(self, value):
         if isinstance(value, str):
             try:
-                value = json_parse(value, max_depth=MAX_DEPTH)
+                value = json_parse(value, max_depth=MAX_DEPTH, unique_keys=True)
             except DjangoValidationError as exc:  # the columns as a whole are named as the field itself
                 found = exc.message_dict
                 raise serializers.ValidationError(found.get(NON_FIELD_ERRORS) or found) from exc

@@ -425,3 +425,16 @@ def test_an_import_columns_path_inside_a_list_is_named_as_every_other_path(inges
     assert _fields(response) == [field]
     assert response.json()["detail"].startswith(f"{field}: ")
     assert not Import.objects.exists()
+
+
+def test_a_key_given_twice_in_the_import_columns_answers_400_naming_it(ingest, settings, tmp_path):
+    """The columns' JSON text kept the last of a repeated key, silently, where a JSON body refuses it."""
+    settings.MEDIA_ROOT = tmp_path
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\nann,pro\n", content_type="text/csv")
+    columns = '{"plan": {"to": "plan"}, "plan": {"type": "skip"}}'
+    response = ingest.post("/api/v1/imports/", {"file": upload, "columns": columns}, format="multipart")
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["errors"] == [
+        {"field": "columns.plan", "code": "invalid", "detail": "This key is given more than once in its object."}
+    ]
+    assert not Import.objects.exists()
