@@ -2,7 +2,7 @@
 many rows, in a transaction of its own), the ids a row can have, the pace of a loop of writes on
 SQLite, integer and text lists as one parameter, what a
 deletion removes, the hot paths' prepared statements, and an index or a unique constraint built
-without stopping writes (for migrations)."""
+without stopping writes and a column filled in batches (for migrations)."""
 
 import time
 from collections import Counter
@@ -10,8 +10,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from functools import lru_cache
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections, migrations, router
-from django.db.models import F, Lookup, QuerySet
+from django.db import DEFAULT_DB_ALIAS, connection, connections, migrations, router, transaction
+from django.db.models import Exists, F, Lookup, Max, Min, OuterRef, QuerySet, Subquery
 from django.db.models.deletion import Collector
 from django.db.models.lookups import In
 
@@ -233,6 +233,37 @@ def _preparing_cursor_class():
             return super()._send_query_prepared(name, pgq, binary=binary)
 
     return PreparingCursor
+
+
+# The records a migration filling a big table writes in one transaction: what a write of one of
+# them waits for at most (a fraction of a second), not the whole table.
+BACKFILL_BATCH = 10_000
+
+
+def idempotency_records_user_set(Record, ApiKey, *, batch: int = BACKFILL_BATCH) -> None:
+    """Give each Idempotency-Key record of ``Record`` (a migration's historical model) its API key's
+    user, then delete a user's later records of the same Idempotency-Key (the first is kept: a retry
+    replays its answer). Each batch of ``batch`` ids is a transaction of its own, so a call carrying
+    a key waits for one batch at most; run it from an ``atomic = False`` migration. Safe to run
+    again after an interruption: it writes only the records still without their user, and deletes
+    only later duplicates. Records inserted meanwhile have their user (the release's inserts name
+    it; on PostgreSQL a trigger fills it in for the release before)."""
+    user_of_key = Subquery(ApiKey.objects.filter(pk=OuterRef("api_key_id")).values("user_id")[:1])
+    bounds = Record.objects.aggregate(first=Min("pk"), last=Max("pk"))
+    start, last = bounds["first"], bounds["last"]
+    while start is not None and start <= last:
+        with transaction.atomic():
+            Record.objects.filter(pk__gte=start, pk__lt=start + batch, user__isnull=True).update(user_id=user_of_key)
+        start += batch
+        if start > last:  # records inserted since the first read: the release before's, on SQLite
+            last = Record.objects.aggregate(last=Max("pk"))["last"]
+    earlier = Record.objects.filter(
+        user_id=OuterRef("user_id"), idempotency_key=OuterRef("idempotency_key"), pk__lt=OuterRef("pk")
+    )
+    later = list(Record.objects.filter(Exists(earlier)).order_by("pk").values_list("pk", flat=True))
+    for at in range(0, len(later), batch):
+        with transaction.atomic():
+            Record.objects.filter(pk__in=later[at : at + batch]).delete()
 
 
 class AddIndexConcurrentlyOnPostgres(migrations.AddIndex):
