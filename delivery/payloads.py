@@ -13,6 +13,7 @@ Everything here works on a content *spec*: the plain dict a PushContent freezes 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -475,10 +476,10 @@ def spec_validate(spec: dict) -> None:
     Every template must parse and use only known names; URLs must use an allowed scheme;
     options must be values the providers accept; the worst-case payload of every variant on
     both platforms must fit the platform's limit (the message names which part and by how much).
-    One ValidationError names every wrong field, but variants that are not an object of texts
-    (``variants_shape_check``), alone; the payloads are measured once the rest holds. A variant's
-    error is said for the texts it writes itself (``variant_own_fields``), and its payload measured
-    when it writes any: the texts it takes from the default are the default's, said once, at the default's field.
+    One ValidationError names every wrong field, the payload sizes among them, but variants that
+    are not an object of texts (``variants_shape_check``), alone. A variant's error is said for the
+    texts it writes itself (``variant_own_fields``), and its payload measured when it writes any:
+    the texts it takes from the default are the default's, said once, at the default's field.
     """
     errors: dict[str, list[str]] = {}
 
@@ -554,7 +555,8 @@ def spec_validate(spec: dict) -> None:
     if color and not (len(color) == 7 and color[0] == "#" and all(c in "0123456789abcdefABCDEF" for c in color[1:])):
         errors.setdefault("android.color", []).append("A color is written #rrggbb.")
     ttl = spec.get("ttl_seconds")
-    if not isinstance(ttl, int) or ttl < 0 or ttl > FCM_MAX_TTL:
+    ttl_held = isinstance(ttl, int) and 0 <= ttl <= FCM_MAX_TTL
+    if not ttl_held:
         errors.setdefault("ttl_seconds", []).append(f"The TTL is 0 to {FCM_MAX_TTL:,} seconds (4 weeks).")
     collapse_key = spec.get("collapse_key") or ""
     if len(collapse_key.encode()) > APNS_COLLAPSE_ID_LIMIT:
@@ -564,11 +566,10 @@ def spec_validate(spec: dict) -> None:
             "Use letters, digits, spaces and ASCII punctuation, without a space at either end "
             "(APNs takes the collapse key as a header)."
         )
-    if errors:
-        raise ValidationError(errors)
-
+    # Measured beside the other checks, so that one answer says every error: custom data refused
+    # above is left out, a TTL refused counts as 0, a text that does not parse as its letters.
     # A variant over the limit only by the default's texts is said at the default's (``body``).
-    measured = spec
+    measured = {**spec, "data": data, "ttl_seconds": ttl if ttl_held else 0}
     default_sizes = None
     for locale, texts in all_texts:
         if not locale or variant_own_fields(spec, locale):
@@ -674,6 +675,15 @@ def spec_authoring_check(spec: dict, *, uses_simulator: bool = False) -> None:
         raise ValidationError(errors)
 
 
+def _worst_case_bytes(source: str) -> int:
+    """``template_worst_case_bytes``; for a text that does not parse (its error said at its field),
+    its letters: the least it could be once it does, so a size error is never one it cannot have."""
+    try:
+        return template_worst_case_bytes(source)
+    except LiquidError:
+        return len(json.dumps(source, ensure_ascii=False).encode()) - 2
+
+
 def _size_problems(
     spec: dict, texts: dict[str, str], *, locale: str, beside: tuple[int, int] | None = None
 ) -> tuple[tuple[int, int], list[str]]:
@@ -681,8 +691,8 @@ def _size_problems(
     their sizes (APNs, FCM) and what is wrong with them. ``beside``: the default's sizes, when
     measuring a variant; a platform's payload over the limit no more than the default's is the
     default's error, not said again."""
-    worst = {name: template_worst_case_bytes(source) for name, source in texts.items()}
-    worst_data = {key: template_worst_case_bytes(value) for key, value in (spec.get("data") or {}).items()}
+    worst = {name: _worst_case_bytes(source) for name, source in texts.items()}
+    worst_data = {key: _worst_case_bytes(value) for key, value in (spec.get("data") or {}).items()}
     message = RenderedMessage(
         **{name: "x" * size for name, size in worst.items()}, data={k: "x" * n for k, n in worst_data.items()}
     )

@@ -836,3 +836,22 @@ def test_a_variant_s_own_url_is_checked_when_written():
     with pytest.raises(ValidationError) as exc:
         spec_authoring_check(spec(variants={"fr": {"image_url": "https://cdn.example/a b.png"}}))
     assert list(errors_of(exc)) == ["variants.fr.image_url"]
+
+
+def test_the_payload_size_is_said_with_the_other_errors():
+    """The marketer sees the size beside the color, not after fixing the color."""
+    bad = spec(body="ü" * 2100, android={"channel_id": "", "icon": "", "color": "red", "priority": "high"})
+    with pytest.raises(ValidationError) as exc:
+        spec_validate(bad)
+    errors = errors_of(exc)
+    assert "android.color" in errors
+    assert any("over the 4,096-byte limit" in m for m in errors["body"])
+
+
+def test_a_text_that_does_not_parse_is_measured_by_its_letters_beside_its_error():
+    with pytest.raises(ValidationError) as exc:
+        spec_validate(spec(body="ü" * 2100 + "{{ profile.attributes.name", ttl_seconds="soon", data={"k": 5}))
+    errors = errors_of(exc)
+    assert any("expected '}}'" in m for m in errors["body"])
+    assert any("over the 4,096-byte limit" in m for m in errors["body"])
+    assert "ttl_seconds" in errors
