@@ -12,7 +12,7 @@ import math
 from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, QueryDict
 from django.urls import path
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
@@ -318,6 +318,13 @@ class ImportInSerializer(serializers.Serializer):
     columns = ColumnsField(
         required=False, help_text="Per CSV column: {'to': attribute name, 'type': auto|string|number|boolean|date|skip}"
     )
+
+    def to_internal_value(self, data):
+        if isinstance(data, QueryDict):  # a form body: a field given twice is refused, as a query's parameter is
+            repeated = {name: ["Give one value."] for name in self.fields if len(data.getlist(name)) > 1}
+            if repeated:
+                raise serializers.ValidationError(repeated)
+        return super().to_internal_value(data)
 
     def validate_columns(self, value):
         if isinstance(value, str):

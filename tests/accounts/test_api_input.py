@@ -438,3 +438,34 @@ def test_a_key_given_twice_in_the_import_columns_answers_400_naming_it(ingest, s
         {"field": "columns.plan", "code": "invalid", "detail": "This key is given more than once in its object."}
     ]
     assert not Import.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("target", ["add_to_segment", "profiles"]),
+        ("encoding", ["utf-8", "latin-1"]),
+        ("segment_name", ["Spring", "Autumn"]),
+        ("columns", ['{"plan": {"type": "skip"}}', "{}"]),
+    ],
+)
+def test_an_import_form_field_given_twice_answers_400_naming_it(ingest, settings, tmp_path, field, values):
+    """The last of a form field given twice was taken, silently: ``target`` given as add_to_segment,
+    then profiles, imported profiles. A query's parameter given twice is refused so, and a JSON key."""
+    settings.MEDIA_ROOT = tmp_path
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\nann,pro\n", content_type="text/csv")
+    response = ingest.post("/api/v1/imports/", {"file": upload, field: values}, format="multipart")
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["errors"] == [{"field": field, "code": "invalid", "detail": "Give one value."}]
+    assert not Import.objects.exists()
+
+
+def test_an_import_of_two_files_answers_400_naming_the_field(ingest, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    uploads = [
+        SimpleUploadedFile(name, b"external_id\nann\n", content_type="text/csv") for name in ("a.csv", "b.csv")
+    ]
+    response = ingest.post("/api/v1/imports/", {"file": uploads}, format="multipart")
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["errors"] == [{"field": "file", "code": "invalid", "detail": "Give one value."}]
+    assert not Import.objects.exists()
