@@ -365,7 +365,57 @@ def phones_html(
 ) -> str:
     """A content spec as an iPhone and an Android phone would show it, for one profile (or a blank one),
     with the ``context`` its sends give it, its ``now`` as of ``as_of`` (None: the real now) in
-    ``time_zone``, the zone its sends read it in ("": UTC)."""
+    ``time_zone``, the zone its sends read it in ("": UTC). Without a profile, a content with locale
+    variants shows a pair of phones per locale, each under its language: what each part of the
+    audience gets, not the default texts alone."""
+    locales = sorted(spec.get("variants") or {}) if profile is None else []
+    if not locales:
+        return _phone_pair_html(
+            spec, app_name=app_name, profile=profile, context=context, as_of=as_of, time_zone=time_zone
+        )
+    default = spec.get("default_locale") or ""
+    shown = [(default, f"{locale_language(default)}: the default texts" if default else "The default texts")]
+    shown += [(locale, locale_language(locale)) for locale in locales]
+    return format_html_join(
+        "",
+        '<div class="locale-preview" data-locale="{}"><h5>{}</h5>{}</div>',
+        [
+            (
+                locale or "default",
+                label,
+                _phone_pair_html(
+                    spec,
+                    app_name=app_name,
+                    profile={"external_id": "sample", "locale": locale, "timezone": "", "attributes": {}},
+                    context=context,
+                    as_of=as_of,
+                    time_zone=time_zone,
+                ),
+            )
+            for locale, label in shown
+        ],
+    )
+
+
+def locale_language(locale: str) -> str:
+    """A locale as its reader names it: "French (fr)", "French (fr-CA)"; a code Django does not name, as is."""
+    from django.utils.translation import get_language_info
+
+    try:
+        return f"{get_language_info(locale.lower())['name']} ({locale})"
+    except KeyError:
+        return locale
+
+
+def _phone_pair_html(
+    spec: dict,
+    *,
+    app_name: str,
+    profile: dict | None,
+    context: dict | None,
+    as_of: dt.datetime | None,
+    time_zone: str,
+) -> str:
     from delivery.payloads import message_render
     from delivery.personalization import rendered_as_of, rendered_in
     from delivery.rules import profile_zone
