@@ -462,9 +462,7 @@ def test_an_import_form_field_given_twice_answers_400_naming_it(ingest, settings
 
 def test_an_import_of_two_files_answers_400_naming_the_field(ingest, settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
-    uploads = [
-        SimpleUploadedFile(name, b"external_id\nann\n", content_type="text/csv") for name in ("a.csv", "b.csv")
-    ]
+    uploads = [SimpleUploadedFile(name, b"external_id\nann\n", content_type="text/csv") for name in ("a.csv", "b.csv")]
     response = ingest.post("/api/v1/imports/", {"file": uploads}, format="multipart")
     assert response.status_code == 400, response.content[:300]
     assert response.json()["errors"] == [{"field": "file", "code": "invalid", "detail": "Give one value."}]
