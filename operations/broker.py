@@ -5,6 +5,13 @@ over every key of the Redis database (the cache's and the sessions' too, when th
 qcluster saves its statistics every half second (kept 3 s); here it also names the key in a sorted
 set, scored by when that statistic runs out, so ``Stat.get_all`` (``manage.py status``, the
 metrics, the admin's cluster page) reads the few keys named there instead.
+
+The workers of a release before the registry save their statistics as django-q2 does, in no
+registry, and an upgrade restarts the web machines before the workers: while the registry does not
+exist (no worker of this release has reported for a week: an upgrade under way, a queue no worker
+ever ran for, or a Redis emptied by a restart), the clusters are found as django-q2 finds them.
+Once one has reported, the registry alone is read: until the last worker is restarted, the workers
+still on the release before are not counted.
 """
 
 import time
@@ -15,6 +22,9 @@ from django_q.conf import Conf
 # How long a registered key is kept past the expiry its cluster gave it: room for clocks a little
 # apart between the machines; a key gone by then reads as nothing (MGET's nil), never as a cluster.
 _KEPT_PAST_EXPIRY = 60
+# How long the registry outlives its last report: while it exists, no read walks the keys, however
+# long the workers have been stopped.
+_REGISTRY_KEPT = 7 * 86400
 
 
 class RegisteredStatsRedis(Redis):
@@ -30,14 +40,21 @@ class RegisteredStatsRedis(Redis):
             pipe.set(key, value, timeout)
             pipe.zadd(registry, {key: now + timeout})
             pipe.zremrangebyscore(registry, "-inf", now - _KEPT_PAST_EXPIRY)
-            pipe.expire(registry, timeout + _KEPT_PAST_EXPIRY)
+            pipe.expire(registry, _REGISTRY_KEPT)
             pipe.execute()
 
     def get_stats(self, pattern: str):
         """The statistics of the clusters registered in the last minute whose key is still there.
 
-        ``pattern`` is django-q2's ``Q_STAT:*``, the only one it asks for; the registry holds those keys."""
-        keys = self.connection.zrangebyscore(self.stats_registry(), time.time() - _KEPT_PAST_EXPIRY, "+inf")
+        ``pattern`` is django-q2's ``Q_STAT:*``, the only one it asks for; the registry holds those keys.
+        Without a registry (no worker of this release has reported), django-q2's own walk finds them."""
+        registry = self.stats_registry()
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.exists(registry)
+            pipe.zrangebyscore(registry, time.time() - _KEPT_PAST_EXPIRY, "+inf")
+            exists, keys = pipe.execute()
+        if not exists:
+            return [value for value in super().get_stats(pattern) or () if value is not None]
         if not keys:
             return []
         return [value for value in self.connection.mget(keys) if value is not None]

@@ -688,3 +688,47 @@ def test_a_worker_gone_is_not_seen_once_its_statistics_run_out(db, tasks_queued)
         assert [stat.pid for stat in Stat.get_all()] == [2]
     finally:
         broker.connection.delete(Stat.get_key(running.cluster_id))
+
+
+def test_workers_of_the_release_before_are_seen_until_a_worker_of_this_one_reports(
+    client, db, tasks_queued, metrics_on
+):
+    """An upgrade restarts the web machines first, then the workers one machine at a time: the workers
+    still on the release before save their statistics as django-q2 does, in no registry. Until a
+    worker of this release has reported, they are found as django-q2 finds them; once one has, the
+    registry is read alone, and it is kept for a week after its last report, so a queue whose workers
+    stopped reads 0 without walking Redis' keys."""
+    import uuid
+
+    from django.conf import settings
+    from django_q.brokers import get_broker
+    from django_q.brokers.redis_broker import Redis as PlainRedis
+    from django_q.signing import SignedPackage
+    from django_q.status import Stat, Status
+    from redis import Redis
+
+    if "redis" not in settings.Q_CLUSTER:
+        pytest.skip("the queue is the database here")
+    broker = get_broker()
+    broker.connection.delete(broker.stats_registry())  # no worker of this release has reported
+    old = [Status(pid=pid, cluster_id=uuid.uuid4()) for pid in (11, 12)]
+    for cluster in old:
+        PlainRedis.set_stat(broker, Stat.get_key(cluster.cluster_id), SignedPackage.dumps(cluster, True), 3)
+    new = Status(pid=21, cluster_id=uuid.uuid4())
+    try:
+        assert scrape(client)[("pushdesk_workers_seen", ())] == 2
+
+        broker.set_stat(Stat.get_key(new.cluster_id), SignedPackage.dumps(new, True), 3)
+        assert broker.connection.ttl(broker.stats_registry()) > 6 * 86400
+        broker.connection.delete(*(Stat.get_key(cluster.cluster_id) for cluster in (*old, new)))  # all stopped
+
+        def walks(*args, **kwargs):
+            raise AssertionError("a scrape walked Redis' keys")
+
+        with pytest.MonkeyPatch.context() as patch:
+            for name in ("keys", "scan", "scan_iter"):
+                patch.setattr(Redis, name, walks)
+            assert scrape(client)[("pushdesk_workers_seen", ())] == 0
+    finally:
+        broker.connection.delete(*(Stat.get_key(cluster.cluster_id) for cluster in (*old, new)))
+        broker.connection.delete(broker.stats_registry())
