@@ -186,10 +186,30 @@ def group_delete(*, group_id: int, by: User) -> None:
 
 
 def team_members_set(*, group_id: int, members: Iterable[User], by: User) -> tuple[list[str], list[str]]:
-    """Make ``members`` the members of a team (a group that is no role): those added gain what the
-    team was granted (its object access, its place among approval policies' approvers), those taken
-    out lose it. Audited as ``team_members_changed`` (the usernames added and taken out), nothing
-    when no one is. Returns the usernames added and taken out.
+    """Make ``members`` the members of a team (a group that is no role): ``team_members_change``
+    with those not in it added and those left out taken out, as it holds them once its row is
+    locked. A page's save, which showed the members it was drawn with, calls
+    ``team_members_change`` with what it changed instead: a whole list would undo what another
+    save changed since. Returns and raises as ``team_members_change``.
+    """
+    members = list(members)
+    with transaction.atomic():
+        held = set(_team_locked(group_id=group_id, by=by).user_set.all())
+        return team_members_change(group_id=group_id, add=set(members) - held, remove=held - set(members), by=by)
+
+
+def team_members_change(
+    *, group_id: int, add: Iterable[User] = (), remove: Iterable[User] = (), by: User
+) -> tuple[list[str], list[str]]:
+    """Put ``add`` in a team (a group that is no role) and take ``remove`` out of it: those added
+    gain what the team was granted (its object access, its place among approval policies'
+    approvers), those taken out lose it. One already in (or already out) is left as is, so two
+    saves made at once both take effect, neither undoing the other's. Audited as
+    ``team_members_changed`` (the usernames added and taken out), nothing when no one is. Returns
+    the usernames added and taken out.
+
+    Locks the team's row, then the rows of the users it changes (in id order), so that changes of
+    one team, and of one user's groups (``user_roles_change``), wait for each other.
 
     Raises PermissionDenied when ``by`` may not change groups; ValidationError when the group is a
     role (a role's members are set on users' pages), and, changing nothing, when taking members out
@@ -197,15 +217,13 @@ def team_members_set(*, group_id: int, members: Iterable[User], by: User) -> tup
     (``approval_policies_kept_decidable``), naming it and what to change first. The additions are
     made first, so a policy's only approver replaced by another in one call is no refusal.
     """
-    if not by.has_perm("auth.change_group"):
-        raise PermissionDenied("Only an Administrator changes a team's members.")
     with transaction.atomic():
-        group = Group.objects.select_for_update().get(pk=group_id)
-        if group.name in ROLES:
-            raise ValidationError(f"{group.name} is a role: its members are given it on their own pages.")
-        held, wanted = set(group.user_set.all()), set(members)
-        added = sorted(wanted - held, key=lambda user: user.get_username())
-        removed = sorted(held - wanted, key=lambda user: user.get_username())
+        group = _team_locked(group_id=group_id, by=by)
+        asked = {user.pk for user in add} | {user.pk for user in remove}
+        users = {user.pk: user for user in User.objects.select_for_update().filter(pk__in=asked).order_by("pk")}
+        held = set(group.user_set.filter(pk__in=asked).values_list("pk", flat=True))
+        added = sorted((users[u.pk] for u in add if u.pk in users and u.pk not in held), key=User.get_username)
+        removed = sorted((users[u.pk] for u in remove if u.pk in held), key=User.get_username)
         if not added and not removed:
             return [], []
         group.user_set.add(*added)
@@ -220,6 +238,43 @@ def team_members_set(*, group_id: int, members: Iterable[User], by: User) -> tup
         summary = {"added": [u.get_username() for u in added], "removed": [u.get_username() for u in removed]}
         audit(actor=by, action="team_members_changed", obj=group, summary=summary)
     return summary["added"], summary["removed"]
+
+
+def _team_locked(*, group_id: int, by: User) -> Group:
+    """The team's row, locked, once ``by`` may change its members (``team_members_change``)."""
+    if not by.has_perm("auth.change_group"):
+        raise PermissionDenied("Only an Administrator changes a team's members.")
+    group = Group.objects.select_for_update().get(pk=group_id)
+    if group.name in ROLES:
+        raise ValidationError(f"{group.name} is a role: its members are given it on their own pages.")
+    return group
+
+
+def user_roles_change(*, user_id: int, add: Iterable[Group] = (), remove: Iterable[Group] = (), by: User) -> bool:
+    """Give a user the roles ``add`` and take ``remove`` from them, as their page's save changed
+    the roles it showed: a role given or taken since by another save stays so, and the user's teams
+    are left as they are (``team_members_change`` sets them). Locks the user's row first. Returns
+    whether a role was given or taken. The caller audits and checks approval policies
+    (the user page's save, ``approval_policies_kept_decidable``).
+
+    Raises PermissionDenied when ``by`` may not change users, or the user is a superuser and ``by``
+    is not one; ValidationError when a group given or taken is no role.
+    """
+    if not by.has_perm("accounts.change_user"):
+        raise PermissionDenied("Only an Administrator gives or takes roles.")
+    add, remove = list(add), list(remove)
+    if any(group.name not in ROLES for group in [*add, *remove]):
+        raise ValidationError("Only roles are given or taken on a user's page: a team's members are set on its page.")
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user_id)
+        if user.is_superuser and not by.is_superuser:
+            raise PermissionDenied("Only a superuser changes a superuser's roles.")
+        held = set(user.groups.filter(pk__in=[g.pk for g in [*add, *remove]]).values_list("pk", flat=True))
+        given = [group for group in add if group.pk not in held]
+        taken = [group for group in remove if group.pk in held]
+        user.groups.add(*given)
+        user.groups.remove(*taken)
+    return bool(given or taken)
 
 
 def _active_policy_problems(app: models.Model | None = None) -> dict[ApprovalPolicy, list[str]]:

@@ -34,10 +34,56 @@ from accounts.services import (
     approval_policies_kept_decidable,
     audit,
     group_delete,
-    team_members_set,
+    team_members_change,
     user_delete,
+    user_roles_change,
     user_roles_given,
 )
+from config.db import ROW_IDS
+from config.digits import ascii_int
+
+
+class ShownRowsInput(forms.MultipleHiddenInput):
+    """The ids a many-to-many field showed when its page was drawn, posted back with the page (as
+    ``initial-<name>``, the field's ``show_hidden_initial``), so that its save applies what the page
+    changed (``rows_shown``). An empty one is always among them: a page that showed none says so."""
+
+    def format_value(self, value):
+        return [*super().format_value(value), ""]
+
+    def value_from_datadict(self, data, files, name):
+        values = super().value_from_datadict(data, files, name) or []
+        return [value for value in values if value != ""]
+
+
+def rows_shown_by_default(form: forms.Form, name: str) -> None:
+    """Read a post that does not say what the field ``name`` showed (a client that posts the field
+    alone) as showing what it holds now (the form's initial): its save then makes the field what
+    was posted. Call in the form's ``__init__``, once the initial is set."""
+    key = form.add_initial_prefix(name)
+    if form.is_bound and key not in form.data:
+        form.data = form.data.copy()
+        shown = [*(str(value) for value in form.initial.get(name, [])), ""]
+        if hasattr(form.data, "setlist"):
+            form.data.setlist(key, shown)
+        else:
+            form.data[key] = shown
+
+
+def rows_shown(form: forms.Form, name: str) -> set[int]:
+    """The ids the field ``name`` showed when its page was drawn (``ShownRowsInput``,
+    ``rows_shown_by_default``). Raises ValidationError naming the field when an id is no row's."""
+    key = form.add_initial_prefix(name)
+    shown = set()
+    for value in ShownRowsInput().value_from_datadict(form.data, form.files, key):
+        try:
+            number = ascii_int(value) if isinstance(value, str) else int(value)
+        except (TypeError, ValueError):
+            number = None
+        if number not in ROW_IDS:
+            raise ValidationError(f"The {name} the page showed are ids of rows: {str(value)[:20]!r} is none.")
+        shown.add(number)
+    return shown
 
 
 class AppAccessInline(admin.TabularInline):
@@ -91,18 +137,39 @@ class AppAccessInline(admin.TabularInline):
 
 class UserChangeForm(DjangoUserChangeForm):
     """The user page's form. Its roles field (the model's groups) offers the roles alone: the user's
-    other groups (teams, which an approval policy may name) are kept by a save, neither read as
-    taken away nor removed unseen."""
+    other groups (teams, which an approval policy may name) are left as they are by a save, neither
+    read as taken away nor removed unseen. The roles the page showed are posted back with it, and its
+    save gives and takes what it changed against them."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._teams = []
-        if "groups" in self.fields and self.instance.pk is not None:
-            self._teams = [g for g in self.instance.groups.all() if g.name not in ROLES]
-            self.initial["groups"] = [g.pk for g in self.instance.groups.all() if g.name in ROLES]
+        if "groups" in self.fields:
+            self.fields["groups"].show_hidden_initial = True
+            self.fields["groups"].hidden_widget = ShownRowsInput
+            if self.instance.pk is not None:
+                self.initial["groups"] = [g.pk for g in self.instance.groups.all() if g.name in ROLES]
+            rows_shown_by_default(self, "groups")
 
-    def clean_groups(self):
-        return [*self.cleaned_data["groups"], *self._teams]
+    def clean(self):
+        cleaned = super().clean()
+        if "groups" in self.fields:
+            try:
+                shown = rows_shown(self, "groups")
+            except ValidationError as exc:
+                self.add_error("groups", exc)
+            else:
+                cleaned["roles_shown"] = shown
+        return cleaned
+
+    def _save_m2m(self):
+        # The roles are given and taken as the page changed them (``user_roles_change``, the admin's
+        # save_related), never set whole: a role or a team given since the page was drawn stays.
+        groups = self.cleaned_data.pop("groups", None)
+        try:
+            super()._save_m2m()
+        finally:
+            if groups is not None:
+                self.cleaned_data["groups"] = groups
 
 
 class PoliciesKeptDecidable:
@@ -344,24 +411,24 @@ class UserAdmin(PoliciesKeptDecidable, AccessAdmin, DjangoUserAdmin):
                 access_grant(obj=app, to=user, by=request.user)
 
     def save_related(self, request, form, formsets, change):
-        if change and "groups" in form.changed_data:
-            roles = ", ".join(g.name for g in form.cleaned_data["groups"] if g.name in ROLES) or "none"
-            with approval_policies_kept_decidable(
-                doing=f"Changing {form.instance.get_username()}'s roles to {roles}",
-                fix=self._POLICY_FIX,
-                undone="the roles were not changed",
-            ):
-                super().save_related(request, form, formsets, change)
-        else:
-            super().save_related(request, form, formsets, change)
-        if "groups" in form.changed_data:
-            audit(
-                actor=request.user,
-                action="roles_changed",
-                obj=form.instance,
-                summary={"roles": form.instance.role_names()},
-            )
-        user_roles_given(user=form.instance, by=request.user)
+        super().save_related(request, form, formsets, change)
+        if "groups" not in form.changed_data:
+            user_roles_given(user=form.instance, by=request.user)
+            return
+        wanted, shown = set(form.cleaned_data["groups"]), form.cleaned_data["roles_shown"]
+        given = [group for group in wanted if group.pk not in shown]
+        taken = list(Group.objects.filter(pk__in=shown - {group.pk for group in wanted}, name__in=ROLES))
+        names = ", ".join(sorted(g.name for g in wanted)) or "none"
+        with approval_policies_kept_decidable(
+            doing=f"Changing {form.instance.get_username()}'s roles to {names}",
+            fix=self._POLICY_FIX,
+            undone="the roles were not changed",
+        ):
+            changed = user_roles_change(user_id=form.instance.pk, add=given, remove=taken, by=request.user)
+        user = User.objects.get(pk=form.instance.pk)  # its roles as the change left them, not as the page read them
+        if changed:
+            audit(actor=request.user, action="roles_changed", obj=user, summary={"roles": user.role_names()})
+        user_roles_given(user=user, by=request.user)
 
 
 admin.site.unregister(Group)
@@ -371,7 +438,9 @@ class GroupForm(forms.ModelForm):
     """The group page's form. A team's (a group that is no role) members are set here, among the
     active users with a role and the team's own members; a role's are set on users' pages (the role
     page shows its members read-only, the field taken from its form). A team carries no
-    permissions (``accounts.backends``): its page offers none; a role's are shown read-only."""
+    permissions (``accounts.backends``): its page offers none; a role's are shown read-only. The
+    members the page showed are posted back with it, and its save adds and takes out what it
+    changed against them (``team_members_change``)."""
 
     members = RowsChoiceField(
         queryset=User.objects.none(),
@@ -393,13 +462,34 @@ class GroupForm(forms.ModelForm):
             self.fields["members"].queryset = User.objects.filter(
                 Q(pk__in=with_role.values("pk")) | Q(pk__in=held.values("pk"))
             ).order_by("username")
+            self.fields["members"].show_hidden_initial = True
+            self.fields["members"].hidden_widget = ShownRowsInput
             self.initial["members"] = list(held.values_list("pk", flat=True))
+            rows_shown_by_default(self, "members")
+
+    def clean(self):
+        cleaned = super().clean()
+        if "members" in self.fields:
+            try:
+                shown = rows_shown(self, "members")
+            except ValidationError as exc:
+                self.add_error("members", exc)
+            else:
+                cleaned["members_shown"] = shown
+        return cleaned
+
+    def members_changed(self) -> tuple[list[User], list[User]]:
+        """The members the page added and those it took out, against those it showed."""
+        wanted, shown = set(self.cleaned_data["members"]), self.cleaned_data["members_shown"]
+        added = [user for user in wanted if user.pk not in shown]
+        removed = list(User.objects.filter(pk__in=shown - {user.pk for user in wanted}))
+        return added, removed
 
 
 @admin.register(Group)
 class GroupAdmin(PoliciesKeptDecidable, AccessAdmin, DjangoGroupAdmin):
     """Groups are roles or teams; a role's permissions come from the roles table in code, its members
-    are set on users' pages; a team's members are set on its page (``team_members_set``)."""
+    are set on users' pages; a team's members are changed on its page (``team_members_change``)."""
 
     form = GroupForm
 
@@ -428,14 +518,16 @@ class GroupAdmin(PoliciesKeptDecidable, AccessAdmin, DjangoGroupAdmin):
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
         if not change and "members" in form.changed_data:
-            team_members_set(group_id=form.instance.pk, members=form.cleaned_data["members"], by=request.user)
+            added, removed = form.members_changed()
+            team_members_change(group_id=form.instance.pk, add=added, remove=removed, by=request.user)
 
     def save_model(self, request, obj, form, change):
         if change and "members" in form.changed_data:
-            # Set before a rename, so a refusal names the team as it is. A removal that would leave
-            # an active approval policy with no one to decide raises ValidationError: the whole
-            # save is refused (``_changeform_view``).
-            team_members_set(group_id=obj.pk, members=form.cleaned_data["members"], by=request.user)
+            # Changed before a rename, so a refusal names the team as it is. A removal that would
+            # leave an active approval policy with no one to decide raises ValidationError: the
+            # whole save is refused (``_changeform_view``).
+            added, removed = form.members_changed()
+            team_members_change(group_id=obj.pk, add=added, remove=removed, by=request.user)
         super().save_model(request, obj, form, change)
 
     def delete_kept_decidable(self, obj, *, by):

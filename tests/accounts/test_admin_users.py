@@ -648,12 +648,15 @@ def test_a_team_s_page_offers_no_permissions_and_a_posted_one_changes_nothing(
 # --- a team's members, set on its page ----------------------------------------------------------
 
 
-def team_form(team: Group, *, members: list[User], **changes) -> dict:
-    """The team page's form as the browser posts it: its name, its members."""
+def team_form(team: Group, *, members: list[User], shown: list[User] | None = None, **changes) -> dict:
+    """The team page's form as the browser posts it: its name, its members, and (``shown``) the
+    members the page showed when drawn, which it posts back with them."""
     data = {
         "name": team.name,
         "members": [user.pk for user in members],
     }
+    if shown is not None:
+        data["initial-members"] = [*(user.pk for user in shown), ""]
     data.update(changes)
     return data
 
@@ -837,3 +840,147 @@ def test_the_users_list_and_page_name_a_user_s_roles_and_teams_apart(client, adm
     assert row.split("<", 1)[0] == ">Approver" and ">Shop reviewers<" in row  # the Teams column, not the roles
     page = html.unescape(client.get(f"/admin/accounts/user/{approver_bob.pk}/change/").content.decode())
     assert f'href="/admin/auth/group/{shop_reviewers.pk}/change/">Shop reviewers</a>' in page
+
+
+# --- membership saved by two pages at once ---------------------------------------------------------
+
+
+def test_the_team_and_user_pages_post_back_the_members_and_roles_they_showed(
+    client, admin_erin, approver_bob, shop_reviewers
+):
+    client.force_login(admin_erin)
+    team_page = client.get(f"/admin/auth/group/{shop_reviewers.pk}/change/").content.decode()
+    assert f'name="initial-members" value="{approver_bob.pk}"' in team_page
+    user_page = client.get(f"/admin/accounts/user/{approver_bob.pk}/change/").content.decode()
+    approver = Group.objects.get(name="Approver")
+    assert f'name="initial-groups" value="{approver.pk}"' in user_page
+    assert f'name="initial-groups" value="{shop_reviewers.pk}"' not in user_page  # a team is no role
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_administrators_adding_members_to_one_team_at_once_both_take_effect(
+    admin_erin, approver_bob, viewer_carol, manager_alice, shop_reviewers
+):
+    """Each page showed approver_bob alone: each save adds its own member, neither taking out the
+    other's (a save applies what its page changed, never the whole list it posts)."""
+    import threading
+
+    from django.test import Client
+
+    from tests.locks import concurrently
+
+    admin_fay = UserFactory(username="admin_fay", role="Administrator")
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    both_ready = threading.Barrier(2)
+    answers = []
+
+    def save(admin, member):
+        client = Client()
+        client.force_login(admin)
+        both_ready.wait(10)
+        form = team_form(shop_reviewers, members=[approver_bob, member], shown=[approver_bob])
+        answers.append(client.post(url, form))
+
+    errors = concurrently(lambda: save(admin_erin, viewer_carol), lambda: save(admin_fay, manager_alice))
+    assert errors == [] and [answer.status_code for answer in answers] == [302, 302]
+    assert sorted(shop_reviewers.user_set.values_list("username", flat=True)) == [
+        "approver_bob",
+        "manager_alice",
+        "viewer_carol",
+    ]
+    changes = AuditEvent.objects.filter(action="team_members_changed").order_by("pk")
+    assert sorted((event.actor.username, tuple(event.summary["added"])) for event in changes) == [
+        ("admin_erin", ("viewer_carol",)),
+        ("admin_fay", ("manager_alice",)),
+    ]
+    assert all(event.summary["removed"] == [] for event in changes)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_user_s_page_saved_while_a_team_takes_them_out_leaves_them_out(
+    admin_erin, approver_bob, viewer_carol, shop_reviewers
+):
+    """The user page's save reads the user's teams, then waits for the user's row, which a team's
+    save holds while taking them out: once that commits, the user page changes the roles it
+    changed, and puts no one back in a team."""
+    import threading
+
+    from django.db import transaction
+    from django.test import Client
+
+    from accounts.services import team_members_set
+    from tests.locks import concurrently, wait_for_a_blocked_writer
+
+    viewer_carol.groups.add(shop_reviewers)
+    holding = threading.Event()
+    answers = []
+
+    def take_carol_out():
+        with transaction.atomic():
+            User.objects.select_for_update().get(pk=viewer_carol.pk)
+            team_members_set(group_id=shop_reviewers.pk, members=[approver_bob], by=admin_erin)
+            holding.set()
+            assert wait_for_a_blocked_writer()
+
+    def save_carols_page():
+        client = Client()
+        client.force_login(admin_erin)
+        assert holding.wait(10)
+        form = change_form(viewer_carol, roles=["Viewer", "Manager"])
+        form["initial-groups"] = [Group.objects.get(name="Viewer").pk, ""]
+        answers.append(client.post(f"/admin/accounts/user/{viewer_carol.pk}/change/", form))
+
+    assert concurrently(take_carol_out, save_carols_page) == []
+    assert answers[0].status_code == 302
+    carol = User.objects.get(pk=viewer_carol.pk)
+    assert sorted(carol.groups.values_list("name", flat=True)) == ["Manager", "Viewer"]
+    assert list(shop_reviewers.user_set.all()) == [approver_bob]
+
+
+def test_a_user_s_page_changes_the_roles_it_changed_and_keeps_one_given_since_it_was_drawn(
+    client, admin_erin, viewer_carol
+):
+    """Drawn with Viewer alone, the page adds Manager; an Approver role given meanwhile stays."""
+    viewer_carol.groups.add(Group.objects.get(name="Approver"))  # given after the page was drawn
+    client.force_login(admin_erin)
+    form = change_form(viewer_carol, roles=["Viewer", "Manager"])
+    form["initial-groups"] = [Group.objects.get(name="Viewer").pk, ""]
+    assert client.post(f"/admin/accounts/user/{viewer_carol.pk}/change/", form).status_code == 302
+    carol = User.objects.get(pk=viewer_carol.pk)
+    assert sorted(carol.groups.values_list("name", flat=True)) == ["Approver", "Manager", "Viewer"]
+    assert AuditEvent.objects.get(action="roles_changed").summary == {"roles": ["Approver", "Manager", "Viewer"]}
+
+
+def test_a_team_s_page_drawn_before_a_member_left_does_not_put_them_back(
+    client, admin_erin, approver_bob, viewer_carol, manager_alice, shop_reviewers
+):
+    """The page showed bob and carol; carol was taken out since; its save adds alice, carol left out."""
+    viewer_carol.groups.add(shop_reviewers)
+    shown = [approver_bob, viewer_carol]
+    viewer_carol.groups.remove(shop_reviewers)  # taken out after the page was drawn
+    client.force_login(admin_erin)
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    form = team_form(shop_reviewers, members=[*shown, manager_alice], shown=shown)
+    assert client.post(url, form).status_code == 302
+    assert sorted(shop_reviewers.user_set.values_list("username", flat=True)) == ["approver_bob", "manager_alice"]
+    assert AuditEvent.objects.get(action="team_members_changed").summary == {"added": ["manager_alice"], "removed": []}
+
+
+def test_user_roles_change_gives_and_takes_roles_alone_and_only_for_an_administrator(
+    admin_erin, manager_alice, viewer_carol, superuser_sam, shop_reviewers
+):
+    from django.core.exceptions import PermissionDenied, ValidationError
+
+    from accounts.services import user_roles_change
+
+    manager, viewer = Group.objects.get(name="Manager"), Group.objects.get(name="Viewer")
+    with pytest.raises(PermissionDenied):
+        user_roles_change(user_id=viewer_carol.pk, add=[manager], by=manager_alice)
+    with pytest.raises(PermissionDenied, match="superuser"):
+        user_roles_change(user_id=superuser_sam.pk, add=[manager], by=admin_erin)
+    with pytest.raises(ValidationError, match="Only roles"):
+        user_roles_change(user_id=viewer_carol.pk, add=[shop_reviewers], by=admin_erin)
+    assert sorted(viewer_carol.groups.values_list("name", flat=True)) == ["Viewer"]
+    assert user_roles_change(user_id=viewer_carol.pk, add=[manager], remove=[viewer], by=admin_erin)
+    assert not user_roles_change(user_id=viewer_carol.pk, add=[manager], remove=[viewer], by=admin_erin)
+    assert sorted(viewer_carol.groups.values_list("name", flat=True)) == ["Manager"]
