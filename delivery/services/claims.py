@@ -25,7 +25,13 @@ from audiences.models import Profile
 from delivery.models import Delivery, Device, Dispatch
 from delivery.rules import QuietAtClaim
 from delivery.services.dispatches import DS, NO_PLATFORM, _dt, dispatch_accepted_late, platform_counts_add
-from delivery.services.rollups import FINAL, rollup_add_finished, rollup_insert_sql, rollup_take_finished
+from delivery.services.rollups import (
+    FINAL,
+    late_platform_sql,
+    rollup_add_finished,
+    rollup_insert_sql,
+    rollup_take_finished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +380,12 @@ def deliveries_write_back(
             elif claims.get(r.id) is not None:
                 unanswered.append(answer)
         late = _late_answers(unanswered, claims)
-        rollup_take_finished(ids=[r.id for r in late])
+        # Counted where the watchdog counted them, their claim's platform should the device be gone.
+        late_by_platform: dict[str, list[int]] = {}
+        for r in late:
+            late_by_platform.setdefault(platforms.get(r.id, NO_PLATFORM), []).append(r.id)
+        for platform, ids in late_by_platform.items():
+            rollup_take_finished(ids=ids, gone_as=platform)
         for r in late:
             cursor.execute(
                 "UPDATE delivery_delivery SET status = %s, reason = %s, provider_message_id = %s WHERE id = %s",
@@ -385,8 +396,9 @@ def deliveries_write_back(
             moved[DS.UNKNOWN] -= 1
             per_platform[platforms.get(r.id, NO_PLATFORM), r.status] += 1
             per_platform[platforms.get(r.id, NO_PLATFORM), DS.UNKNOWN] -= 1
-            finished.append(r.id)
         rollup_add_finished(ids=finished)
+        for platform, ids in late_by_platform.items():
+            rollup_add_finished(ids=ids, gone_as=platform)
         # One update of the row already held: the counters, the counts per platform, the retries.
         changes = {status: F(status) + n for status, n in moved.items() if status in finals and n}
         if changes:
@@ -475,7 +487,8 @@ _ROW = "d.id, d.dispatch_id, d.device_id, d.variant, d.status, d.reason, d.finis
 #   answer of the claim that sent it (the same attempts), its retry failing (LATE_RETRY); looked
 #   up only for rows `written` did not find, once it found fewer than it was given (on the usual
 #   path two counts of rows in memory, then an empty array: no probe of the table). It keeps its
-#   finished_at, so the rollup's row it leaves is the one the watchdog counted it in;
+#   finished_at, so the rollup's row it leaves is the one the watchdog counted it in, and its
+#   platform (`gone_as`: its claim's, should its device be deleted since) the one it counted;
 # - the commit need not wait for the disk (set_config(..., true) is SET LOCAL): an outcome lost
 #   with the server (the last moments before a crash of PostgreSQL itself) leaves its row
 #   `sending`, and it ends `unknown` when its lease runs out, never sent again. The claim's
@@ -508,10 +521,10 @@ _WRITE_BACK_SQL = (
     "AND claim IS NOT NULL AND id NOT IN (SELECT id FROM written))) "
     "AND d.id = v.id AND d.status = 'unknown' AND d.reason = 'lease_expired' AND d.attempts = v.claim "
     f"RETURNING {_ROW}), "
-    "outcomes AS (SELECT *, 1 AS n FROM written UNION ALL SELECT *, 1 FROM late "
+    "outcomes AS (SELECT *, NULL AS gone_as, 1 AS n FROM written UNION ALL SELECT *, platform, 1 FROM late "
     "UNION ALL SELECT id, dispatch_id, device_id, variant, 'unknown', 'lease_expired', finished_at, queued_at, "
-    "platform, -1 FROM late), "
-    f"counted AS ({rollup_insert_sql(where='true', outcomes=['final'], source='outcomes d', rows='SUM(d.n)')}), "
+    "platform, platform, -1 FROM late), "
+    f"counted AS ({rollup_insert_sql(where='true', outcomes=['final'], source='outcomes d', rows='SUM(d.n)', platform=late_platform_sql('d.gone_as'))}), "
     f"moved AS (UPDATE delivery_dispatch x SET {_FINAL_COLUMNS}, "
     "by_platform = CASE WHEN EXISTS (SELECT 1 FROM outcomes WHERE status <> 'queued') "
     f"THEN {_PER_PLATFORM} ELSE x.by_platform END, "

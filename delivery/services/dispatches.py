@@ -668,13 +668,17 @@ NO_PLATFORM = "none"
 
 
 def platform_counts_add(by_platform: dict, counts) -> dict:
-    """Return ``by_platform`` ({platform: {outcome: n}}) plus ``counts`` ({(platform, outcome): n})."""
+    """Return ``by_platform`` ({platform: {outcome: n}}) plus ``counts`` ({(platform, outcome): n});
+    an outcome that comes to 0 (a late answer's row taken from ``unknown``) is left out, as a
+    recount from the rollup leaves it."""
     merged = {platform: dict(outcomes) for platform, outcomes in by_platform.items()}
     for (platform, outcome), n in counts.items():
         if n:
             outcomes = merged.setdefault(platform or NO_PLATFORM, {})
             outcomes[outcome] = outcomes.get(outcome, 0) + n
-    return merged
+            if not outcomes[outcome]:
+                del outcomes[outcome]
+    return {platform: outcomes for platform, outcomes in merged.items() if outcomes}
 
 
 def dispatch_recount(*, dispatch_id: int) -> Dispatch:

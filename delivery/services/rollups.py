@@ -50,9 +50,20 @@ def _period(column: str) -> str:
     return f"substr({column}, 1, 14) || substr('0' || ({minute}), -2) || ':00'"
 
 
-def _part(outcome: str, *, source: str = "delivery_delivery d", shard: str = "0", rows: str = "COUNT(*)") -> str:
+# The platform a row counts under: its device's (``none`` once the device is gone).
+_PLATFORM = "COALESCE(dev.platform, 'none')"
+
+
+def _part(
+    outcome: str,
+    *,
+    source: str = "delivery_delivery d",
+    shard: str = "0",
+    rows: str = "COUNT(*)",
+    platform: str = _PLATFORM,
+) -> str:
     """One grouped SELECT of the rows under ``{where}``: targeted, their final statuses, or opens,
-    each group counting ``rows`` (SQL)."""
+    each group counting ``rows`` (SQL), under ``platform`` (SQL)."""
     if outcome == "targeted":
         period, name, reason, only = _period(_MADE), "'targeted'", "''", ""
     elif outcome == "final":
@@ -61,7 +72,7 @@ def _part(outcome: str, *, source: str = "delivery_delivery d", shard: str = "0"
     else:
         period, name, reason, only = _period("d.opened_at"), "'opened'", "''", " AND d.opened_at IS NOT NULL"
     return (
-        f"SELECT d.dispatch_id, {period} AS period, COALESCE(dev.platform, 'none') AS platform, "  # noqa: S608 (constants)
+        f"SELECT d.dispatch_id, {period} AS period, {platform} AS platform, "  # noqa: S608 (constants)
         f"COALESCE(d.variant, {DeliveryRollup.NO_VARIANT}) AS variant, {name} AS outcome, {reason} AS reason, "
         f"{shard} AS shard, {rows} AS n "
         f"FROM {source} JOIN delivery_dispatch x ON x.id = d.dispatch_id "
@@ -78,13 +89,18 @@ def rollup_insert_sql(
     shard: str = "0",
     returning: str = "",
     rows: str = "COUNT(*)",
+    platform: str = _PLATFORM,
 ) -> str:
     """The statement adding to the rollup what the rows of ``source`` (aliased ``d``) under
     ``where`` count as ``outcomes`` (``targeted``, ``final``, ``opened``); its parameters are
     ``where``'s, once per outcome. ``source`` may be a data-modifying CTE's name (``"ins d"``) to
     count rows in the statement that writes them; ``shard`` (SQL) the shard they go to; ``rows``
-    (SQL) what each group adds, ``SUM(d.n)`` for a source whose rows say it (-1 takes one away)."""
-    parts = [_part(outcome, source=source, shard=shard, rows=rows).replace("{where}", where) for outcome in outcomes]
+    (SQL) what each group adds, ``SUM(d.n)`` for a source whose rows say it (-1 takes one away);
+    ``platform`` (SQL) the platform a row counts under, its device's by default."""
+    parts = [
+        _part(outcome, source=source, shard=shard, rows=rows, platform=platform).replace("{where}", where)
+        for outcome in outcomes
+    ]
     return (
         f"INSERT INTO {_TABLE} ({_KEY}, rows) "  # noqa: S608 (constants; values are bound)
         f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS u WHERE true "
@@ -92,10 +108,27 @@ def rollup_insert_sql(
     )
 
 
-def _add(*, where: str, params: list, outcomes: Iterable[str], rows: str = "COUNT(*)") -> None:
+def _add(
+    *, where: str, params: list, outcomes: Iterable[str], rows: str = "COUNT(*)", platform: str = _PLATFORM
+) -> None:
     outcomes = list(outcomes)
     with connection.cursor() as cursor:
-        cursor.execute(rollup_insert_sql(where=where, outcomes=outcomes, rows=rows), params * len(outcomes))
+        cursor.execute(
+            rollup_insert_sql(where=where, outcomes=outcomes, rows=rows, platform=platform), params * len(outcomes)
+        )
+
+
+def late_platform_sql(gone_as: str) -> str:
+    """The platform a late answer's row counts under (SQL, over ``dev`` and ``d``): its device's, or,
+    the device deleted since the watchdog counted the row ``unknown`` under it, ``gone_as`` (SQL:
+    the platform its claim read)."""
+    return f"COALESCE(dev.platform, {gone_as}, 'none')"
+
+
+def _platform_literal(platform: str) -> str:
+    if platform not in ("ios", "android", "none"):
+        raise ValueError(f"not a platform: {platform!r}")
+    return f"'{platform}'"
 
 
 def _ids_where(ids: list[int]) -> tuple[str, list]:
@@ -180,20 +213,25 @@ def deliveries_finish(*, where: str, params: list, status: str, reason: str, now
     return len(ids)
 
 
-def rollup_add_finished(*, ids: list[int]) -> None:
+def rollup_add_finished(*, ids: list[int], gone_as: str | None = None) -> None:
     """Count rows that just became final (those of ``ids`` that are), at the quarter hour they
-    finished. In the transaction that wrote them."""
+    finished. In the transaction that wrote them. ``gone_as``: the platform rows whose device is
+    gone count under (a late answer's, ``rollup_take_finished``)."""
     if ids:
         where, params = _ids_where(ids)
-        _add(where=where, params=params, outcomes=("final",))
+        platform = _PLATFORM if gone_as is None else late_platform_sql(_platform_literal(gone_as))
+        _add(where=where, params=params, outcomes=("final",), platform=platform)
 
 
-def rollup_take_finished(*, ids: list[int]) -> None:
+def rollup_take_finished(*, ids: list[int], gone_as: str) -> None:
     """Take away what rows count as now (those of ``ids`` that are final), before they change
-    their final status (a late answer, ``deliveries_write_back``). In the transaction that writes them."""
+    their final status (a late answer, ``deliveries_write_back``). In the transaction that writes
+    them. A row whose device was deleted since it was counted is taken from ``gone_as``, the
+    platform its claim read (and the watchdog counted it under), not from ``none``."""
     if ids:
         where, params = _ids_where(ids)
-        _add(where=where, params=params, outcomes=("final",), rows="-COUNT(*)")
+        platform = late_platform_sql(_platform_literal(gone_as))
+        _add(where=where, params=params, outcomes=("final",), rows="-COUNT(*)", platform=platform)
 
 
 def rollup_add_opened(*, ids: list[int]) -> None:

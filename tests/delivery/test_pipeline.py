@@ -555,6 +555,52 @@ def test_a_late_answer_lands_only_from_the_claim_the_watchdog_took_the_row_from(
     assert_rollup_is_the_count(dispatch)
 
 
+@pytest.mark.embedded
+def test_a_late_answer_for_a_phone_deleted_since_its_lease_ran_out_moves_its_platforms_unknown(
+    pushsim_app, open_gate, django_capture_on_commit_callbacks
+):
+    """The watchdog counted the row ``unknown`` under its phone's platform; the phone is deleted
+    before the answer comes. The answer moves the row's count out of that platform's ``unknown``,
+    in the dispatch's counters and in the rollup it is counted again from: no platform keeps an
+    ``unknown`` that is not one, nor a negative count."""
+    from delivery.models import DeliveryRollup
+    from delivery.services.dispatches import dispatch_recount
+
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(2)
+    phones = [
+        DeviceFactory(profile=p, app=pushsim_app, platform=k) for p, k in zip(profiles, ("ios", "android"), strict=True)
+    ]
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+    claimed = deliveries_claim(dispatch.pk, limit=2, now=timezone.now())
+    assert deliveries_expire_leases(now=timezone.now() + dt.timedelta(hours=1)) == 2
+    dispatch.refresh_from_db()
+    assert dispatch.by_platform == {"ios": {"unknown": 1}, "android": {"unknown": 1}}
+    Device.objects.filter(pk=phones[0].pk).delete()
+
+    written = deliveries_write_back(
+        dispatch.pk,
+        [Result(row.id, "accepted", provider_id=f"late-{row.id}") for row in claimed],
+        now=timezone.now(),
+        platforms={row.id: row.platform for row in claimed},
+        claims={row.id: row.attempts for row in claimed},
+    )
+    assert written == {"accepted": 2}
+    said = {"ios": {"accepted": 1}, "android": {"accepted": 1}}
+    dispatch.refresh_from_db()
+    assert (dispatch.accepted, dispatch.unknown, dispatch.by_platform) == (2, 0, said)
+    assert dispatch_recount(dispatch_id=dispatch.pk).by_platform == said
+    rolled = DeliveryRollup.objects.filter(dispatch=dispatch).exclude(outcome="targeted")
+    assert sorted((r.platform, r.outcome, r.rows) for r in rolled if r.rows) == [
+        ("android", "accepted", 1),
+        ("ios", "accepted", 1),
+    ]
+
+
 def test_dispatch_without_a_gate_for_its_kind_is_refused(pushsim_app):
     content = PushContentFactory(app=pushsim_app)
     with pytest.raises(GateClosed):
