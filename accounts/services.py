@@ -211,7 +211,8 @@ def team_members_change(
     Locks the team's row, then the rows of the users it changes (in id order), so that changes of
     one team, and of one user's groups (``user_roles_change``), wait for each other.
 
-    Raises PermissionDenied when ``by`` may not change groups; ValidationError when the group is a
+    Raises PermissionDenied when ``by`` may not change groups, or would put a superuser in or take
+    one out and is not one (``team_members_change_refused``); ValidationError when the group is a
     role (a role's members are set on users' pages), and, changing nothing, when taking members out
     would leave an active approval policy with no approver who may decide its requests
     (``approval_policies_kept_decidable``), naming it and what to change first. The additions are
@@ -224,6 +225,8 @@ def team_members_change(
         held = set(group.user_set.filter(pk__in=asked).values_list("pk", flat=True))
         added = sorted((users[u.pk] for u in add if u.pk in users and u.pk not in held), key=User.get_username)
         removed = sorted((users[u.pk] for u in remove if u.pk in held), key=User.get_username)
+        if problem := team_members_change_refused(by=by, changed=[*added, *removed]):
+            raise PermissionDenied(problem)
         if not added and not removed:
             return [], []
         group.user_set.add(*added)
@@ -238,6 +241,16 @@ def team_members_change(
         summary = {"added": [u.get_username() for u in added], "removed": [u.get_username() for u in removed]}
         audit(actor=by, action="team_members_changed", obj=group, summary=summary)
     return summary["added"], summary["removed"]
+
+
+def team_members_change_refused(*, by: User, changed: Iterable[User]) -> str:
+    """Why ``by`` may not put the users ``changed`` in a team or take them out of one, or "": a
+    superuser's teams are changed by a superuser alone (they name the approval policies the
+    superuser decides for), as their account is (``user_delete``, the user's page)."""
+    superusers = sorted(user.get_username() for user in changed if user.is_superuser)
+    if superusers and not by.is_superuser:
+        return f"Only a superuser puts a superuser in a team or takes them out of one: {', '.join(superusers)}."
+    return ""
 
 
 def _team_locked(*, group_id: int, by: User) -> Group:

@@ -35,6 +35,7 @@ from accounts.services import (
     audit,
     group_delete,
     team_members_change,
+    team_members_change_refused,
     user_delete,
     user_roles_change,
     user_roles_given,
@@ -442,6 +443,8 @@ class GroupForm(forms.ModelForm):
     members the page showed are posted back with it, and its save adds and takes out what it
     changed against them (``team_members_change``)."""
 
+    by = None  # the user saving the page (GroupAdmin.get_form), asked whose membership they may change
+
     members = RowsChoiceField(
         queryset=User.objects.none(),
         required=False,
@@ -476,6 +479,10 @@ class GroupForm(forms.ModelForm):
                 self.add_error("members", exc)
             else:
                 cleaned["members_shown"] = shown
+                if "members" in cleaned and self.by is not None:
+                    added, removed = self.members_changed()
+                    if problem := team_members_change_refused(by=self.by, changed=[*added, *removed]):
+                        self.add_error("members", problem)
         return cleaned
 
     def members_changed(self) -> tuple[list[User], list[User]]:
@@ -492,6 +499,10 @@ class GroupAdmin(PoliciesKeptDecidable, AccessAdmin, DjangoGroupAdmin):
     are set on users' pages; a team's members are changed on its page (``team_members_change``)."""
 
     form = GroupForm
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return type(form.__name__, (form,), {"by": request.user})
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.name in ROLES:

@@ -984,3 +984,68 @@ def test_user_roles_change_gives_and_takes_roles_alone_and_only_for_an_administr
     assert user_roles_change(user_id=viewer_carol.pk, add=[manager], remove=[viewer], by=admin_erin)
     assert not user_roles_change(user_id=viewer_carol.pk, add=[manager], remove=[viewer], by=admin_erin)
     assert sorted(viewer_carol.groups.values_list("name", flat=True)) == ["Manager"]
+
+
+# --- a superuser's teams -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root_rita(db):
+    """A superuser who also holds the Approver role, so a team's page offers her."""
+    return UserFactory(username="root_rita", role="Approver", is_superuser=True)
+
+
+def test_an_administrator_cannot_put_a_superuser_in_or_out_of_a_team_and_the_page_says_why(
+    client, admin_erin, approver_bob, viewer_carol, root_rita, shop_reviewers
+):
+    client.force_login(admin_erin)
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    answer = client.post(url, team_form(shop_reviewers, members=[approver_bob, root_rita], shown=[approver_bob]))
+    assert answer.status_code == 200
+    assert answer.context["adminform"].form.errors["members"] == [
+        "Only a superuser puts a superuser in a team or takes them out of one: root_rita."
+    ]
+    assert list(shop_reviewers.user_set.all()) == [approver_bob]
+
+    root_rita.groups.add(shop_reviewers)
+    shown = [approver_bob, root_rita]
+    answer = client.post(url, team_form(shop_reviewers, members=[approver_bob, viewer_carol], shown=shown))
+    assert answer.status_code == 200 and "root_rita" in answer.context["adminform"].form.errors["members"][0]
+    assert sorted(shop_reviewers.user_set.values_list("username", flat=True)) == ["approver_bob", "root_rita"]
+    # Other members are changed as before, the superuser kept.
+    answer = client.post(url, team_form(shop_reviewers, members=[*shown, viewer_carol], shown=shown))
+    assert answer.status_code == 302
+    assert sorted(shop_reviewers.user_set.values_list("username", flat=True)) == [
+        "approver_bob",
+        "root_rita",
+        "viewer_carol",
+    ]
+    assert not AuditEvent.objects.filter(action="team_members_changed", summary__added__contains=["root_rita"]).exists()
+
+
+def test_team_members_change_refuses_an_administrator_a_superuser_and_lets_a_superuser(
+    admin_erin, superuser_sam, approver_bob, root_rita, shop_reviewers
+):
+    from django.core.exceptions import PermissionDenied
+
+    from accounts.services import team_members_change, team_members_set
+
+    with pytest.raises(PermissionDenied, match="root_rita"):
+        team_members_change(group_id=shop_reviewers.pk, add=[root_rita], by=admin_erin)
+    with pytest.raises(PermissionDenied, match="root_rita"):
+        team_members_set(group_id=shop_reviewers.pk, members=[approver_bob, root_rita], by=admin_erin)
+    assert list(shop_reviewers.user_set.all()) == [approver_bob]
+    assert team_members_change(group_id=shop_reviewers.pk, add=[root_rita], by=superuser_sam) == (["root_rita"], [])
+    with pytest.raises(PermissionDenied, match="root_rita"):
+        team_members_change(group_id=shop_reviewers.pk, remove=[root_rita], by=admin_erin)
+    assert team_members_change(group_id=shop_reviewers.pk, remove=[root_rita], by=superuser_sam) == ([], ["root_rita"])
+
+
+def test_a_superuser_puts_a_superuser_in_a_team_on_its_page(
+    client, superuser_sam, approver_bob, root_rita, shop_reviewers
+):
+    client.force_login(superuser_sam)
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    form = team_form(shop_reviewers, members=[approver_bob, root_rita], shown=[approver_bob])
+    assert client.post(url, form).status_code == 302
+    assert sorted(shop_reviewers.user_set.values_list("username", flat=True)) == ["approver_bob", "root_rita"]
