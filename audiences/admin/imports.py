@@ -184,7 +184,10 @@ class ImportAdmin(AccessAdmin):
 
     @admin.display(description="Size")
     def size_shown(self, obj):
-        """The file's size in words a person reads ("2.1 KB"), with its exact count of bytes."""
+        """The file's size in words a person reads ("2.1 KB"), with its exact count of bytes; under
+        a kilobyte the words are the count ("241 bytes")."""
+        if obj.size < 1024:
+            return filesizeformat(obj.size)
         return f"{filesizeformat(obj.size)} ({obj.size:,} bytes)"
 
     @admin.display(description="Segment", ordering="segment__name")
@@ -408,11 +411,11 @@ def _progress_text(record: Import) -> str:
     parts = [
         status,
         f"{record.percent}%",
-        f"{record.rows_done:,} rows read",
+        f"{record.rows_done:,} row{pluralize(record.rows_done)} read",
         f"{record.rows_failed:,} failed",
     ]
     if record.rows_duplicate:
-        parts.append(f"{record.rows_duplicate:,} duplicates")
+        parts.append(f"{record.rows_duplicate:,} duplicate{pluralize(record.rows_duplicate)}")
     left = record.seconds_left
     if left is not None:
         parts.append(f"about {int(left)} s left" if left < 120 else f"about {int(left // 60)} min left")

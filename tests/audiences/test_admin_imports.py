@@ -483,3 +483,20 @@ def test_the_rows_that_failed_are_not_shown_to_a_reader_without_access_to_the_im
     client = login(request.getfixturevalue(who))
     response = client.get(f"/admin/audiences/import/{record.pk}/change/")
     assert response.status_code == 404 and "secret-id" not in response.content.decode()
+
+
+def test_a_small_files_size_and_counts_of_one_are_said_once_and_in_the_singular(
+    login, manager_alice, media, django_capture_on_commit_callbacks
+):
+    """The page said "241 bytes (241 bytes)" and "1 rows read · 0 failed · 1 duplicates"."""
+    upload = SimpleUploadedFile("people.csv", b"external_id,plan\nu1,pro\nu1,team\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = import_create(upload=upload, by=manager_alice)
+    record.refresh_from_db()
+    assert (record.size, record.rows_done, record.rows_duplicate) == (32, 2, 1)
+    page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    size = re.search(r'<div class="form-row field-size_shown">.*?<div class="readonly">(.*?)</div>', page, re.S)
+    assert size is not None and size.group(1) == "32\xa0bytes"
+    progress = re.search(r'<span class="import-progress-text">(.*?)</span>', page, re.S)
+    assert progress is not None and "2 rows read · 0 failed · 1 duplicate" in progress.group(1)
+    assert "duplicates" not in progress.group(1)
