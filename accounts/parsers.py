@@ -65,11 +65,28 @@ class _FormCharset:
         try:
             # A byte beyond ASCII, read with the handler: idna refuses the handler, punycode the byte.
             codecs.decode(b"\xff", charset, "replace")
-            return super().parse(stream, media_type, parser_context)
+            parsed = super().parse(stream, media_type, parser_context)
         except UnicodeError as exc:
             raise exceptions.ParseError(
                 f"Form parse error - the body cannot be read as {charset}, the charset it declares: send it in UTF-8."
             ) from exc
+        _refuse_replaced_text(getattr(parsed, "data", parsed), charset)
+        return parsed
+
+
+def _refuse_replaced_text(fields, charset: str) -> None:
+    """Refuse, naming them, the fields whose text holds U+FFFD: what Django's 'replace' handler puts
+    for bytes the charset cannot read, which would otherwise be stored as the field's text."""
+    unreadable = {
+        name: [
+            f"Holds bytes that are not {charset}, the charset the body declares (or U+FFFD, which stands for "
+            "them): send the text in UTF-8."
+        ]
+        for name, values in fields.lists()
+        if "\ufffd" in name or any("\ufffd" in value for value in values)
+    }
+    if unreadable:
+        raise exceptions.ValidationError(unreadable)
 
 
 class ApiMultiPartParser(_FormCharset, MultiPartParser):

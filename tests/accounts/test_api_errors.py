@@ -244,3 +244,36 @@ def test_a_form_body_in_a_charset_that_cannot_replace_is_not_said_to_have_too_ma
         "detail": f"Form parse error - the body cannot be read as {charset}, the charset it declares: send it in UTF-8.",
     }
     assert not Import.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (
+            "multipart/form-data; boundary=B",
+            b'--B\r\nContent-Disposition: form-data; name="target"\r\n\r\nnew_segment\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="segment_name"\r\n\r\nSpring \xff sale\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="people.csv"\r\n'
+            b"Content-Type: text/csv\r\n\r\nexternal_id\r\nann\r\n--B--\r\n",
+        ),
+        ("application/x-www-form-urlencoded", b"target=new_segment&segment_name=Spring%20%FF%20sale"),
+    ],
+    ids=["multipart", "form"],
+)
+def test_a_form_field_its_charset_cannot_read_answers_400_naming_it(manager_alice, api_key_for, content_type, body):
+    """Django reads a form's text with the 'replace' handler: a byte that is not UTF-8 in the new
+    segment's name became U+FFFD, and the segment was made so named ("Spring � sale")."""
+    from audiences.models import Import, Segment
+
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    response = client.generic("POST", "/api/v1/imports/", body, content_type=content_type)
+    assert (response.status_code, response["Content-Type"]) == (400, "application/json")
+    assert response.json()["errors"] == [
+        {
+            "field": "segment_name",
+            "code": "invalid",
+            "detail": "Holds bytes that are not utf-8, the charset the body declares (or U+FFFD, which stands for "
+            "them): send the text in UTF-8.",
+        }
+    ]
+    assert not Import.objects.exists() and not Segment.objects.exists()
