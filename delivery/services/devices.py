@@ -78,7 +78,7 @@ WITH owners AS MATERIALIZED (
     ORDER BY id FOR KEY SHARE
 )
 UPDATE delivery_device SET active = false, invalidated_at = %(when)s, invalidated_reason = %(reason)s
-WHERE id = ANY(%(ids)s) AND active AND (SELECT count(*) FROM owners) >= 0
+WHERE id = ANY(%(ids)s) AND active AND last_registered_at <= %(before)s AND (SELECT count(*) FROM owners) >= 0
 """
 
 
@@ -210,9 +210,16 @@ def device_unregister(*, app_id: int, token: str, by: User) -> Device:
     return device
 
 
-def devices_invalidate(*, reasons: dict[int, str], when: datetime | None = None) -> int:
-    """Deactivate devices whose token a provider called dead; return how many changed."""
+def devices_invalidate(
+    *, reasons: dict[int, str], when: datetime | None = None, registered_before: datetime | None = None
+) -> int:
+    """Deactivate devices whose token a provider called dead; return how many changed.
+
+    ``registered_before``: when the requests so answered left (``when`` if None); a device
+    registered again since (the app alive on the phone, or the phone handed to another user) is
+    newer than the answer and stays active."""
     when = when or timezone.now()
+    before = registered_before or when
     changed = 0
     by_reason: dict[str, list[int]] = {}
     for device_id, reason in reasons.items():
@@ -220,10 +227,12 @@ def devices_invalidate(*, reasons: dict[int, str], when: datetime | None = None)
     for reason, ids in by_reason.items():
         if connection.vendor == "postgresql":  # their profiles locked first (``INVALIDATE_PG``)
             with connection.cursor() as cursor:
-                cursor.execute(INVALIDATE_PG, {"ids": sorted(ids), "when": when, "reason": reason[:100]})
+                cursor.execute(
+                    INVALIDATE_PG, {"ids": sorted(ids), "when": when, "reason": reason[:100], "before": before}
+                )
                 changed += cursor.rowcount
             continue
-        changed += Device.objects.filter(pk__in=ids, active=True).update(
+        changed += Device.objects.filter(pk__in=ids, active=True, last_registered_at__lte=before).update(
             active=False, invalidated_at=when, invalidated_reason=reason[:100]
         )
     return changed

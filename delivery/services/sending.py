@@ -199,6 +199,7 @@ class _Batch:
     expires: dict[int, datetime]  # row id -> its expiry: no retry after it
     platforms: dict[int, str] = field(default_factory=dict)  # row id -> its device's platform
     claims: dict[int, int] = field(default_factory=dict)  # row id -> its attempts: the claim that sent it
+    prepared_at: datetime | None = None  # before its requests left: a registration after it is newer
     futures: dict = field(default_factory=dict)
 
 
@@ -237,6 +238,7 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
         results=[],
         expires={},
     )
+    batch.prepared_at = now
     results = batch.results
     own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS)) or any(r.context for r in rows)
     contents = _Contents(dispatch, own_contexts, now)
@@ -336,7 +338,9 @@ def _batch_finish(dispatch: Dispatch, batch: _Batch, report: SendReport) -> None
             extra={"dispatch": dispatch.pk, "app": dispatch.app_id, "outcomes": dict(written), "reasons": reasons},
         )
     if dead:
-        devices_invalidate(reasons=dead)
+        # A phone registered again while its push was on its way (handed to another user, say) is
+        # newer than the request the provider answered: it stays active.
+        devices_invalidate(reasons=dead, registered_before=batch.prepared_at)
     for platform, reason in credentials.items():
         _fail_platform(dispatch, platform, reason)
 

@@ -236,6 +236,68 @@ def test_dead_token_deactivates_the_device_and_it_is_never_targeted_again(
     )
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_token_answer_leaves_a_phone_registered_again_while_its_push_was_on_its_way(
+    pushsim_app, pushsim, open_gate, manager_alice
+):
+    """The provider calls the token dead (APNs 410 Unregistered), but the app registered it again
+    while the push was on its way, the phone handed to another user: that registration is newer
+    than the answer's request, so the phone stays active for its new owner; the row says what the
+    provider answered."""
+    from accounts.services import access_grant
+    from delivery.services.devices import device_register
+
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=pushsim_app)
+    profile, new_owner = ProfileFactory(), ProfileFactory()
+    phone = DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    pushsim.state.add_device(token=phone.token, platform="ios", state="unregistered")
+    pushsim.state.faults.latency_ms = 1500
+
+    def send_in_a_worker() -> None:
+        try:
+            dispatch_create(app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[profile.pk])
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=send_in_a_worker)
+    try:
+        worker.start()
+        assert eventually(lambda: Delivery.objects.filter(status="sending").exists()), "never claimed"
+        device_register(
+            app_id=pushsim_app.pk,
+            external_id=new_owner.external_id,
+            platform="ios",
+            token=phone.token,
+            by=manager_alice,
+        )
+        worker.join(timeout=30)
+    finally:
+        pushsim.state.faults.latency_ms = 0
+    assert not worker.is_alive()
+
+    row = Delivery.objects.get()
+    assert (row.status, row.reason) == ("failed", "Unregistered")
+    phone.refresh_from_db()
+    assert (phone.active, phone.profile_id, phone.invalidated_at) == (True, new_owner.pk, None)
+
+
+def test_a_dead_token_answer_deactivates_a_phone_registered_before_its_push_was_sent(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    """A registration older than the request the provider answered dead does not keep it."""
+    content = PushContentFactory(app=pushsim_app)
+    profile = ProfileFactory()
+    phone = DeviceFactory(
+        profile=profile, app=pushsim_app, platform="android", last_registered_at=timezone.now() - dt.timedelta(days=1)
+    )
+    pushsim.state.fail_token(token=phone.token, failures=[(404, "UNREGISTERED")])
+    dispatch = send(content, [profile], django_capture_on_commit_callbacks)
+    assert (Delivery.objects.get(dispatch=dispatch).status, dispatch.failed) == ("failed", 1)
+    phone.refresh_from_db()
+    assert not phone.active and phone.invalidated_reason == "UNREGISTERED"
+
+
 def test_transient_failure_is_retried_after_retry_after_and_sent_once(
     pushsim_app, pushsim, open_gate, fast_retries, django_capture_on_commit_callbacks
 ):
