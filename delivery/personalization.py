@@ -29,7 +29,13 @@ from functools import lru_cache
 from django.core.exceptions import ValidationError
 from liquid import BoundTemplate, Environment, RenderContext
 from liquid.builtin.expressions import Filter, KeywordArgument
-from liquid.exceptions import LiquidError, LoopIterationLimitError, OutputStreamLimitError, ResourceLimitError
+from liquid.exceptions import (
+    FilterArgumentError,
+    LiquidError,
+    LoopIterationLimitError,
+    OutputStreamLimitError,
+    ResourceLimitError,
+)
 from liquid.filter import num_arg
 from liquid.token import TOKEN_CONTENT, TOKEN_EXPRESSION, TOKEN_OUTPUT, TOKEN_TAG
 
@@ -187,7 +193,7 @@ def _bounded(name: str, func: Callable) -> Callable:
 
 
 # The moment a preview renders ``now`` and ``today`` as of (``rendered_as_of``); None, as at every
-# send: the real now. And the zone they render in (``rendered_in``): a send's; None: the server's.
+# send: the real now. And the zone they render in (``rendered_in``): a send's; None: UTC.
 _RENDERED_AS_OF: ContextVar[dt.datetime | None] = ContextVar("rendered_as_of", default=None)
 _RENDERED_IN: ContextVar[dt.tzinfo | None] = ContextVar("rendered_in", default=None)
 _NOW_WORDS = ("now", "today")  # what Liquid's ``date`` filter reads as the moment it runs
@@ -209,7 +215,8 @@ def rendered_as_of(moment: dt.datetime | None) -> Iterator[None]:
 def rendered_in(zone: dt.tzinfo | None) -> Iterator[None]:
     """Inside the block, templates render ``now`` and ``today`` as the wall-clock time of ``zone``
     (the zone a send is scheduled in, a profile's at its local time): "Monday" at 00:30 in Paris,
-    not UTC's "Sunday". None: the server's clock (UTC), as Liquid reads it."""
+    not UTC's "Sunday", its offset +0100. None: the server's clock, UTC (a journey's send, or one
+    made before sends had a zone)."""
     token = _RENDERED_IN.set(zone)
     try:
         yield
@@ -219,17 +226,22 @@ def rendered_in(zone: dt.tzinfo | None) -> Iterator[None]:
 
 def _date_as_of(date: Callable) -> Callable:
     """Liquid's ``date`` filter, reading "now" and "today" as the moment a preview renders as of
-    (``rendered_as_of``; else the real now) in the zone rendered in (``rendered_in``; else the
-    server's), in the form Liquid takes the real now in (a wall-clock time, naive): a send shows its
-    zone's day and hour, a preview the ones the send will. Without either, as Liquid does."""
+    (``rendered_as_of``; else the real now) in the zone rendered in (``rendered_in``; else UTC, the
+    server's clock), an aware time: a send shows its zone's day and hour and its offset (``%z``,
+    ``%Z``), a preview the ones the send will. Liquid's own now is naive, and ``%z`` wrote nothing."""
 
     @functools.wraps(date)
     def dated(dat, *args, **kwargs):
-        if isinstance(dat, str) and dat in _NOW_WORDS:
+        fmt = args[0] if args else kwargs.get("fmt")
+        if isinstance(dat, str) and dat in _NOW_WORDS and isinstance(fmt, str):
             moment, zone = _RENDERED_AS_OF.get(), _RENDERED_IN.get()
-            if moment is not None or zone is not None:
-                # astimezone(None): the server's zone, where Liquid's own now is read
-                dat = (moment or dt.datetime.now(dt.UTC)).astimezone(zone).replace(tzinfo=None)
+            moment = (moment or dt.datetime.now(dt.UTC)).astimezone(zone or dt.UTC)
+            # Formatted here: Liquid keeps the times it is given in a cache keyed by equality, where
+            # one instant in two zones is one key, and would print the first zone it saw.
+            try:
+                return moment.strftime(fmt)
+            except ValueError as exc:
+                raise FilterArgumentError(str(exc), token=None) from exc
         return date(dat, *args, **kwargs)
 
     return dated

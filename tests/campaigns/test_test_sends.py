@@ -2,6 +2,7 @@
 same context (every send of a campaign gives its content ``context.campaign.id`` and ``.name``)."""
 
 import datetime as dt
+import re
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -423,3 +424,16 @@ def test_a_dispatchs_page_shows_its_content_as_its_zone_reads_now(
     client.force_login(manager_alice)
     page = client.get(f"/admin/delivery/dispatch/{dispatch.pk}/change/").content.decode()
     assert f"Your picks for {dt.datetime.now(ZoneInfo(zone)):%A} are waiting." in page
+
+
+def test_a_campaigns_preview_says_its_nows_offset(named_campaign, manager_alice):
+    """``now`` in the campaign's zone was a wall-clock time without a zone: ``%z`` showed nothing."""
+    from campaigns.services.lifecycle import campaign_update
+
+    named_campaign.content.body = "Sent at {{ 'now' | date: '%H:%M %z' }}."
+    named_campaign.content.save(update_fields=["body"])
+    triggered = campaign_update(
+        campaign_id=named_campaign.pk, by=manager_alice, kind="api_triggered", segment=None, time_zone="Asia/Kolkata"
+    )
+    shown = campaign_phones_html(triggered, reader=manager_alice)
+    assert re.search(r"Sent at \d\d:\d\d \+0530\.", shown)

@@ -855,3 +855,20 @@ def test_a_text_that_does_not_parse_is_measured_by_its_letters_beside_its_error(
     assert any("expected '}}'" in m for m in errors["body"])
     assert any("over the 4,096-byte limit" in m for m in errors["body"])
     assert "ttl_seconds" in errors
+
+
+def test_now_renders_as_an_aware_time_in_its_zone():
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from delivery.personalization import rendered_as_of, rendered_in
+
+    source = "{{ 'now' | date: '%Y-%m-%d %H:%M %z' }} {{ 'today' | date: '%Z' }}"
+    assert template_render(source, profile={}, context={}).endswith("+0000 UTC")
+    with rendered_in(ZoneInfo("Asia/Kolkata")):
+        assert template_render(source, profile={}, context={}).endswith("+0530 IST")
+    moment = dt.datetime(2026, 3, 29, 0, 30, tzinfo=dt.UTC)
+    with rendered_as_of(moment):
+        assert template_render(source, profile={}, context={}) == "2026-03-29 00:30 +0000 UTC"
+        with rendered_in(ZoneInfo("Europe/Paris")):
+            assert template_render(source, profile={}, context={}) == "2026-03-29 01:30 +0100 CET"

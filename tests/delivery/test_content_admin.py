@@ -461,6 +461,19 @@ def test_a_contents_own_previews_render_now_as_the_moment_they_are_shown(client,
     assert today in live and "as of its send" not in live
 
 
+def test_a_contents_own_preview_says_its_now_is_utc(client, db, manager_alice):
+    shop = AppFactory(name="Shop")
+    access_grant(obj=shop, to=manager_alice, by=None)
+    content = PushContent.objects.create(
+        app=shop, name="Picks", title="Picks", body="Sent at {{ 'now' | date: '%z' }}."
+    )
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/delivery/pushcontent/{content.pk}/change/").content.decode()
+    assert "Sent at +0000." in page
+    live = client.post(f"/admin/delivery/pushcontent/{content.pk}/live-preview/", _form(content)).content.decode()
+    assert "Sent at +0000." in live
+
+
 def test_the_content_form_spells_url_and_time_to_live_as_they_are_said(client, db, manager_alice):
     """The form's labels read "Image url", "Tap url" and "Ttl seconds", the fields' names made words."""
     shop = AppFactory(name="Shop")

@@ -95,3 +95,24 @@ def test_a_send_at_each_profiles_local_time_renders_each_profiles_own_day(
         none: f"Your picks for {weekday_in(AHEAD)} are waiting.",
         unknown: f"Your picks for {weekday_in(AHEAD)} are waiting.",
     }
+
+
+OFFSET = "Sent at {{ 'now' | date: '%H:%M %z' }}."
+
+
+def test_a_sends_now_is_an_aware_time_in_its_zone(pushsim_app, pushsim, django_capture_on_commit_callbacks):
+    """``now`` in a send's zone was its wall-clock time without a zone: ``%z`` wrote nothing."""
+    content = PushContentFactory(app=pushsim_app, body=OFFSET)
+    device = DeviceFactory(app=pushsim_app, platform="ios", profile=ProfileFactory(timezone=""))
+    sent(content, [device.profile], django_capture_on_commit_callbacks, time_zone="Asia/Kolkata")
+    [received] = pushsim.state.recent(token=device.token)
+    assert received["body"].endswith(" +0530.")
+
+
+def test_a_send_of_no_zone_says_its_now_is_utc(pushsim_app, pushsim, django_capture_on_commit_callbacks):
+    """A journey's send, or one made before a send had a zone, reads ``now`` on UTC's clock, and says so."""
+    content = PushContentFactory(app=pushsim_app, body=OFFSET)
+    device = DeviceFactory(app=pushsim_app, platform="android", profile=ProfileFactory(timezone="Asia/Kolkata"))
+    sent(content, [device.profile], django_capture_on_commit_callbacks)
+    [received] = pushsim.state.recent(token=device.token)
+    assert received["body"].endswith(" +0000.")
