@@ -911,15 +911,10 @@ def approval_requests_undecidable(requests: list[ApprovalRequest]) -> dict[int, 
                 candidates.setdefault(user_id, []).append(request)
     without_policy = [request for request in pending if request.policy_id is None]
     if without_policy:
-        deciders = (
-            User.objects.filter(
-                Q(is_superuser=True)
-                | Q(groups__permissions__codename="decide_approvalrequest")
-                | Q(user_permissions__codename="decide_approvalrequest")
-            )
-            .values_list("pk", flat=True)
-            .distinct()
-        )
+        # Whoever's role (or own permission) may decide, as has_perm reads it: a team's permissions give nothing.
+        deciders = User.objects.with_perm(
+            "accounts.decide_approvalrequest", is_active=None, backend="accounts.backends.RoleBackend"
+        ).values_list("pk", flat=True)
         for user_id in deciders:
             candidates.setdefault(user_id, []).extend(without_policy)
     users = User.objects.filter(pk__in=list(candidates), is_active=True).order_by("pk")

@@ -285,6 +285,26 @@ def test_a_request_nobody_may_decide_is_stuck(admin_erin, approver_bob, manager_
     assert approval_requests_stuck() == [request]
 
 
+def test_a_team_s_permissions_make_no_one_asked_to_decide_a_request_without_a_policy(
+    approver_bob, manager_alice, viewer_carol, shop
+):
+    """A request no policy governs is decided by whoever's role may: a member of a team that was
+    given the permission is not among those asked, so nobody stops it in their name."""
+    from django.contrib.auth.models import Permission
+
+    from accounts.selectors import approval_request_stuck, approval_requests_undecidable
+
+    team = Group.objects.create(name="Shop deciders")
+    team.permissions.set(Permission.objects.filter(codename="decide_approvalrequest"))
+    viewer_carol.groups.add(team)
+    for user in (approver_bob, viewer_carol):
+        access_grant(obj=shop, to=user, by=None)
+    request = _open(shop, manager_alice)
+    assert request.policy is None and not approval_request_stuck(request)
+    approver_bob.groups.clear()  # the only one whose role may decide
+    assert approval_requests_undecidable([request]) == {request.pk: {}}
+
+
 def _campaign_submitted(app, by, name):
     """A campaign of ``app`` that ``by`` created (and so was granted) and submitted, and its request."""
     from campaigns.services.lifecycle import campaign_create, campaign_submit

@@ -202,3 +202,24 @@ def test_a_team_s_permissions_give_its_members_nothing_their_role_s_and_own_stil
     assert User.objects.get(pk=approver_bob.pk).has_perm("accounts.decide_approvalrequest")
     viewer_carol.user_permissions.add(Permission.objects.get(codename="decide_approvalrequest"))
     assert User.objects.get(pk=viewer_carol.pk).has_perm("accounts.decide_approvalrequest")
+
+
+def test_who_holds_a_permission_is_read_from_roles_and_own_permissions_alone(viewer_carol, approver_bob):
+    """``User.objects.with_perm`` through the permission backend agrees with ``has_perm``: a team's
+    permissions give its members nothing."""
+    from django.contrib.auth.models import Group, Permission
+
+    decide = Permission.objects.get(codename="decide_approvalrequest")
+    team = Group.objects.create(name="Shop deciders")
+    team.permissions.set([decide])
+    viewer_carol.groups.add(team)
+    root = User.objects.create(username="root_rita", is_superuser=True)
+    backend = "accounts.backends.RoleBackend"
+    for perm in ("accounts.decide_approvalrequest", decide):
+        holders = User.objects.with_perm(perm, backend=backend)
+        assert sorted(holders.values_list("username", flat=True)) == ["approver_bob", "root_rita"]
+        assert all(user.has_perm("accounts.decide_approvalrequest") for user in holders)
+    assert list(User.objects.with_perm(decide, backend=backend, include_superusers=False)) == [approver_bob]
+    viewer_carol.user_permissions.add(decide)
+    assert set(User.objects.with_perm(decide, backend=backend)) == {approver_bob, viewer_carol, root}
+    assert not User.objects.with_perm(decide, backend=backend, obj=team).exists()
