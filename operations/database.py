@@ -108,7 +108,7 @@ def redis_errors_said():
     try:
         yield
     except RedisError as exc:
-        raise CommandError(f"{redis_problem(exc)}; check REDIS_URL.") from None
+        raise CommandError(f"{redis_problem(exc)}: start it, or check REDIS_URL.") from None
     finally:
         queue_logger.setLevel(level)
 

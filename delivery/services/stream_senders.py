@@ -493,7 +493,7 @@ def _outage(exc: Exception) -> str | None:
     from operations.database import database_problem, redis_problem
 
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        return redis_problem(exc)
+        return f"{redis_problem(exc)}: start it, or check REDIS_URL"
     return database_problem(exc)
 
 

@@ -208,4 +208,5 @@ def test_a_sender_whose_redis_does_not_answer_says_so_in_a_line_each_time_it_sta
     output = "".join(lines)
     failures = [line for line in output.splitlines() if "starting again in 2 s" in line]
     assert failures and all("Redis does not answer (ConnectionError" in line for line in failures), output[-3000:]
+    assert all("start it, or check REDIS_URL: starting again" in line for line in failures), failures
     assert "Traceback" not in output and "hunter2" not in output, output[-3000:]

@@ -369,7 +369,9 @@ def test_the_queue_s_commands_say_in_one_line_that_redis_does_not_answer(db, red
 
     from django.core.management import CommandError
 
-    with pytest.raises(CommandError, match=r"^Redis does not answer \(ConnectionError.*\); check REDIS_URL\.$"):
+    with pytest.raises(
+        CommandError, match=r"^Redis does not answer \(ConnectionError.*\): start it, or check REDIS_URL\.$"
+    ):
         call_command(*command, stdout=io.StringIO())
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert logging.getLogger("django-q").level != logging.CRITICAL  # as it was, once the command ends
