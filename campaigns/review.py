@@ -373,9 +373,6 @@ def phones_html(
         return _phone_pair_html(
             spec, app_name=app_name, profile=profile, context=context, as_of=as_of, time_zone=time_zone
         )
-    default = spec.get("default_locale") or ""
-    shown = [(default, f"{locale_language(default)}: the default texts" if default else "The default texts")]
-    shown += [(locale, locale_language(locale)) for locale in locales]
     return format_html_join(
         "",
         '<div class="locale-preview" data-locale="{}"><h5>{}</h5>{}</div>',
@@ -392,9 +389,17 @@ def phones_html(
                     time_zone=time_zone,
                 ),
             )
-            for locale, label in shown
+            for locale, label in locales_previewed(spec)
         ],
     )
+
+
+def locales_previewed(spec: dict) -> list[tuple[str, str]]:
+    """The locales a content's previews show, each with its heading: the default texts first, then
+    each variant's ("French (fr)")."""
+    default = spec.get("default_locale") or ""
+    shown = [(default, f"{locale_language(default)}: the default texts" if default else "The default texts")]
+    return shown + [(locale, locale_language(locale)) for locale in sorted(spec.get("variants") or {})]
 
 
 def locale_language(locale: str) -> str:

@@ -377,12 +377,30 @@ def _segments_changed_rows(journey: Journey, *, user: User) -> list[tuple[str, s
 
 
 def _phones(spec: dict | None, *, app_name: str, context: dict) -> str:
-    """The push as phones show it, rendered with ``context``: what its step's sends give it."""
+    """The push as phones show it, rendered with ``context``: what its step's sends give it; a content
+    with locale variants, a pair of phones per locale, each under its language (the default texts
+    first), as a campaign's review shows them."""
     if spec is None:
         return ""
+    from campaigns.review import locales_previewed
     from delivery.admin.contents import _spec_previews_html
 
-    return _spec_previews_html(spec, app_name=app_name, profile=None, context=context)
+    if not spec.get("variants") or spec.get("silent"):
+        return _spec_previews_html(spec, app_name=app_name, profile=None, context=context)
+    return format_html_join(
+        "",
+        '<div class="locale-preview" data-locale="{}"><h5>{}</h5>{}</div>',
+        [
+            (
+                locale or "default",
+                label,
+                _spec_previews_html(
+                    spec, app_name=app_name, profile={"attributes": {}, "locale": locale}, context=context
+                ),
+            )
+            for locale, label in locales_previewed(spec)
+        ],
+    )
 
 
 def journey_references(journeys: list[Journey]) -> dict[str, set[int]]:
