@@ -145,6 +145,11 @@ class DeviceOutSerializer(AnswerSerializer):
 class DispatchOutSerializer(AnswerSerializer):
     percent = serializers.FloatField(read_only=True)
     outcomes = serializers.SerializerMethodField()
+    time_zone = serializers.SerializerMethodField(
+        help_text="The IANA zone the send renders its content's now in (its campaign's); "
+        "UTC for a send that names none (a journey's, a test's, one made before sends named theirs). "
+        "A send at each profile's local time renders it in each profile's own."
+    )
 
     class Meta:
         model = Dispatch
@@ -164,6 +169,7 @@ class DispatchOutSerializer(AnswerSerializer):
             "retries",
             "percent",
             "outcomes",
+            "time_zone",
             "created_at",
             "started_at",
             "finished_at",
@@ -174,6 +180,9 @@ class DispatchOutSerializer(AnswerSerializer):
         # The label names what sent it: to a reader who may not see that (``with_source_seen``), its number.
         data["label"] = dispatch_named(instance, seen=getattr(instance, "source_seen", True))
         return data
+
+    def get_time_zone(self, obj) -> str:
+        return obj.time_zone or "UTC"
 
     def get_outcomes(self, obj) -> list[dict]:
         return [

@@ -238,6 +238,7 @@ class DispatchAdmin(ScopedAdmin):
         "content_sent",
         "context_shown",
         "created_by",
+        "time_zone_shown",
         "created",
         "started",
         "finished",
@@ -307,6 +308,16 @@ class DispatchAdmin(ScopedAdmin):
     started = zoned_column("started_at", "Started at")
 
     finished = zoned_column("finished_at", "Finished at")
+
+    @admin.display(description="Time zone")
+    def time_zone_shown(self, obj):
+        """The zone the send renders its content's ``now`` in (``Dispatch.time_zone``, its campaign's):
+        at a local time, each profile's own; none named (a journey's send, a test's, one made before
+        sends named theirs): UTC, the server's clock."""
+        if obj.local_time:
+            without = profile_zone("", obj.local_default_timezone or obj.time_zone)
+            return f"Each profile's own (for a profile without one: {without})"
+        return obj.time_zone or "UTC"
 
     @admin.display(description="Sent by")
     def source(self, obj):

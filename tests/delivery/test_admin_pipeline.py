@@ -805,3 +805,30 @@ def test_device_page_labels_its_invalidated_reason_and_its_delivery_history_once
     labels = re.findall(r"<label>([^<]+):</label>", page)
     assert labels.count("Invalidated reason") == 1, labels
     assert labels.count("Delivery history") == 1, labels
+
+
+def test_dispatch_page_shows_the_zone_its_now_renders_in(client, viewer_carol, app):
+    """The zone a send renders ``now`` in was kept but shown nowhere."""
+    paris = Dispatch.objects.create(
+        app=app, kind="api_trigger", content_spec={}, status="done", time_zone="Europe/Paris"
+    )
+    older = Dispatch.objects.create(app=app, kind="api_trigger", content_spec={}, status="done")
+    local = Dispatch.objects.create(
+        app=app,
+        kind="api_trigger",
+        content_spec={},
+        status="done",
+        time_zone="Europe/Paris",
+        local_time="2027-01-05T09:00:00",
+        local_default_timezone="Asia/Tokyo",
+    )
+    client.force_login(viewer_carol)
+    shown = {
+        paris: "Europe/Paris",
+        older: "UTC",
+        local: "Each profile&#x27;s own (for a profile without one: Asia/Tokyo)",
+    }
+    for dispatch, zone in shown.items():
+        page = client.get(reverse("admin:delivery_dispatch_change", args=[dispatch.pk])).content.decode()
+        field = page[page.index("<label>Time zone:</label>") :]
+        assert zone in field[: field.index("</div>")]

@@ -220,3 +220,14 @@ def test_the_list_sums_its_open_streams_in_one_query(api_key_for, manager_alice,
     streams = answer.json()["results"]
     assert len(streams) == 5
     assert {(d["total"], d["accepted"], d["failed"]) for d in streams} == {(2, 1, 1)}  # summed now, not the row's 0
+
+
+def test_a_dispatchs_answer_names_the_zone_its_now_renders_in(api_key_for, manager_alice, app):
+    paris = make_dispatch(app, [("accepted", "")])
+    Dispatch.objects.filter(pk=paris.pk).update(time_zone="Europe/Paris")
+    older = make_dispatch(app, [("accepted", "")])
+    client = api_key_for(manager_alice, scopes=["read"])
+    assert client.get(f"/api/v1/dispatches/{paris.pk}/").json()["time_zone"] == "Europe/Paris"
+    assert client.get(f"/api/v1/dispatches/{older.pk}/").json()["time_zone"] == "UTC"
+    listed = {d["id"]: d["time_zone"] for d in client.get("/api/v1/dispatches/").json()["results"]}
+    assert listed == {paris.pk: "Europe/Paris", older.pk: "UTC"}
