@@ -16,7 +16,10 @@ from django.db import models
 @dataclass(frozen=True)
 class ApprovalSubject:
     review_html: Callable[..., str]  # (subject, *, request, user) -> safe HTML for the review pane
-    approve: Callable[..., object]  # (*, subject_id, by, comment, request_id) -> approve and activate
+    # (*, subject_id, by, comment, request_id, read_mark) -> approve and activate; ``read_mark``, when
+    # given, is ``read_mark(subject)`` as the review page was drawn: the service refuses when what it
+    # would freeze is not what that page showed
+    approve: Callable[..., object]
     request_changes: Callable[..., object]  # (*, subject_id, by, comment, request_id) -> back to draft
     # (subjects) -> {"app_label.model": {pk, ...}}: what the reviews of these subjects (a list) show,
     # which their deciders may read; in a number of queries that does not grow with the subjects
@@ -26,6 +29,9 @@ class ApprovalSubject:
     referenced_models: frozenset[str] | None = None
     # (subject, time) -> the time as the subject's own dates are shown, its zone named; None: in UTC
     zoned: Callable[..., str] | None = None
+    # (subject) -> a mark of what its review shows now (the fingerprint of what an approval would
+    # freeze); None: the review page posts none, and its approval is checked against the request alone
+    read_mark: Callable[..., str] | None = None
     # (subjects, a queryset) -> those whose work an approver sent back still waits for its author
     # (a journey's draft thrown away leaves nothing to submit again); None: every one still to send
     awaiting_author: Callable[..., models.QuerySet] | None = None

@@ -69,9 +69,10 @@ class CampaignsConfig(AppConfig):
             Campaign,
             ApprovalSubject(
                 review_html=campaign_review_html,
-                approve=lambda *, subject_id, by, comment, request_id=None: campaign_approve(
-                    campaign_id=subject_id, by=by, comment=comment, request_id=request_id
+                approve=lambda *, subject_id, by, comment, request_id=None, read_mark=None: campaign_approve(
+                    campaign_id=subject_id, by=by, comment=comment, request_id=request_id, read_mark=read_mark
                 ),
+                read_mark=lambda campaign: campaign.fingerprint(),
                 request_changes=lambda *, subject_id, by, comment, request_id=None: campaign_request_changes(
                     campaign_id=subject_id, by=by, comment=comment, request_id=request_id
                 ),

@@ -39,7 +39,12 @@ class JourneysConfig(AppConfig):
             journeys_changed,
         )
         from journeys.services.entries import journeys_on_events, journeys_profiles_deleting
-        from journeys.services.lifecycle import journey_approve, journey_gate, journey_request_changes
+        from journeys.services.lifecycle import (
+            journey_approve,
+            journey_gate,
+            journey_read_mark,
+            journey_request_changes,
+        )
 
         for model in (Journey, JourneyVersion, DeliveryRules):
             post_save.connect(journeys_changed, sender=model, dispatch_uid=f"journeys.stamp.{model.__name__}")
@@ -64,9 +69,10 @@ class JourneysConfig(AppConfig):
             Journey,
             ApprovalSubject(
                 review_html=journey_review_html,
-                approve=lambda *, subject_id, by, comment, request_id=None: journey_approve(
-                    journey_id=subject_id, by=by, comment=comment, request_id=request_id
+                approve=lambda *, subject_id, by, comment, request_id=None, read_mark=None: journey_approve(
+                    journey_id=subject_id, by=by, comment=comment, request_id=request_id, read_mark=read_mark
                 ),
+                read_mark=journey_read_mark,
                 request_changes=lambda *, subject_id, by, comment, request_id=None: journey_request_changes(
                     journey_id=subject_id, by=by, comment=comment, request_id=request_id
                 ),

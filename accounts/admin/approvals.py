@@ -362,6 +362,9 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
             status = approval.get_status_display().lower()
             allowed, reason = False, f"This request is {status}: nothing is left to decide."
         form = ApprovalDecisionForm(request.POST or None)
+        # Read before the review is drawn: a save landing while it is drawn makes the page show more
+        # than the mark, and the approval is refused, never the other way round.
+        read_mark = handler.read_mark(subject) if handler.read_mark is not None and allowed and not decided else ""
         if request.method == "POST" and not decided:
             if form.is_valid():
                 comment = form.cleaned_data["comment"]
@@ -374,7 +377,10 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
                         "request_id": approval.pk,
                     }
                     if "_approve" in request.POST:
-                        handler.approve(**decision)
+                        # What the page the approver read was drawn from (its decision form posts it):
+                        # the approval freezes that, or nothing.
+                        shown = request.POST.get("shown")
+                        handler.approve(**decision, **({"read_mark": shown} if shown is not None else {}))
                         self.message_user(request, f"Approved and activated: {subject}.", messages.SUCCESS)
                     elif "_request_changes" in request.POST:
                         handler.request_changes(**decision)
@@ -403,6 +409,7 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
             "review": handler.review_html(subject, request=approval, user=request.user),
             "form": form,
             "may_decide": allowed,
+            "read_mark": read_mark,
             "moved": _moved_between(approval, subject),
             "reason": reason,
         }

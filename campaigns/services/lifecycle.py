@@ -477,13 +477,22 @@ def _due_when_revised(campaign: Campaign, approved, *, was_due: dt.datetime, now
 
 
 def campaign_approve(
-    *, campaign_id: int, by: User, comment: str = "", now: dt.datetime | None = None, request_id: int | None = None
+    *,
+    campaign_id: int,
+    by: User,
+    comment: str = "",
+    now: dt.datetime | None = None,
+    request_id: int | None = None,
+    read_mark: str | None = None,
 ) -> Campaign:
     """Approve and activate: the campaign becomes scheduled (a future send) or live. For the
     revision of a scheduled or live campaign, the revision becomes the approved version that sends.
+    ``read_mark`` (the review page's: ``Campaign.fingerprint`` as the page was drawn) is what the
+    approver read: the approval freezes that, or nothing.
 
     Raises ValidationError when what would be sent differs from what was submitted (e.g. its push
-    content was edited meanwhile: ask for changes), PermissionDenied when ``by`` may not approve
+    content was edited meanwhile: ask for changes) or from what the page of ``read_mark`` showed
+    (edited and put back since), PermissionDenied when ``by`` may not approve
     this request (own request, not an approver of its policy, no access: to both apps for a
     revision moving it to another app), ApprovalError when
     ``request_id`` (the request the approver read) is given and another request waits now.
@@ -501,6 +510,11 @@ def campaign_approve(
         _hold_what_it_sends(campaign)
         if not campaign.submitted_as(request.fingerprint):
             raise ValidationError("What would be sent changed since it was submitted: ask for changes and resubmit.")
+        if read_mark is not None and read_mark != campaign.fingerprint():
+            # Submitted as it is now, but the page the approver read was drawn while it was otherwise.
+            raise ValidationError(
+                f"'{campaign}' changed since this page showed it: nothing was approved. Read it again as it is now."
+            )
         _check_a_send_is_left(campaign, now=now)
         approval_request_record(request=request, by=by, approve=True, comment=comment)
         if revision:

@@ -252,6 +252,13 @@ def _content_fingerprints(version: JourneyVersion) -> dict[str, str]:
     return {step: (by_id[cid].fingerprint() if cid in by_id else "missing") for step, cid in contents.items()}
 
 
+def journey_read_mark(journey: Journey) -> str:
+    """What a review of the journey shows now, as ``journey_approve`` checks it (``read_mark``): the
+    fingerprint of its version in review as it stands; "" when none is."""
+    version = journey.versions.filter(status=VStatus.IN_REVIEW).first()
+    return version_fingerprint(version) if version is not None else ""
+
+
 def version_fingerprint(version: JourneyVersion) -> str:
     """What an approval of this version covers, with the push contents and the segments as they are now."""
     return version.fingerprint(
@@ -593,14 +600,22 @@ def journey_request_changes(*, journey_id: int, by: User, comment: str, request_
 
 
 def journey_approve(
-    *, journey_id: int, by: User, comment: str = "", now: dt.datetime | None = None, request_id: int | None = None
+    *,
+    journey_id: int,
+    by: User,
+    comment: str = "",
+    now: dt.datetime | None = None,
+    request_id: int | None = None,
+    read_mark: str | None = None,
 ) -> JourneyVersion:
     """Approve and publish the version in review: it becomes the live version (the previous live
     one is retired; profiles inside it finish on it), its push contents are frozen as approved,
-    and a segment entry is read at once.
+    and a segment entry is read at once. ``read_mark`` (the review page's: ``journey_read_mark`` as
+    the page was drawn) is what the approver read: the approval freezes that, or nothing.
 
     Raises ValidationError when what would run changed since it was submitted (e.g. its push
-    content was edited) or no longer holds; PermissionDenied when ``by`` may not approve it;
+    content was edited) or since the page of ``read_mark`` showed it (edited and put back since),
+    or no longer holds; PermissionDenied when ``by`` may not approve it;
     TransitionError when the journey is stopped, closed or archived, or nothing is in review;
     ApprovalError when ``request_id`` (the request the approver read) is given and another
     request waits now. A paused journey stays paused: the version runs once it is resumed.
@@ -631,6 +646,11 @@ def journey_approve(
             content_fingerprints=fingerprints
         ):  # the second: submitted before approvals covered the segments; approved now, it covers them as they are
             raise ValidationError("What would run changed since it was submitted: ask for changes and resubmit.")
+        if read_mark is not None and read_mark != approved:
+            # Submitted as it is now, but the page the approver read was drawn while it was otherwise.
+            raise ValidationError(
+                f"'{journey}' changed since this page showed it: nothing was approved. Read it again as it is now."
+            )
         _validate_version(version, by=None)
         approval_request_record(request=request, by=by, approve=True, comment=comment)
         version.frozen_specs = {
