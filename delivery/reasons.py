@@ -55,18 +55,21 @@ REASON_LABELS: dict[str, str] = {
 
 
 # Failures the pipeline decides before any request goes to APNs or FCM: such a row was never handed
-# to a provider, so a report's "sent" leaves it out. (A refusal of the app's credentials is not told
-# apart: the batch that met it was handed over, and the rows still queued fail with its reason.)
+# to a provider, so a report's "sent" leaves it out. (After a refusal of the app's credentials, the
+# batch that met it was handed over; the rows still queued fail with its reason and ``NOT_SENT``.)
 NOT_HANDED_OVER = frozenset(
     {"device_deleted", "render_error", "invalid_collapse_key", "image_on_this_machine", "payload_too_large"}
 )
+# Said after a reason a row failed with unsent, as one handed over failed with that reason.
+NOT_SENT = " (not sent)"
 
 
 def handed_over(code: str) -> bool:
     """Whether a failed row with this reason was handed to a provider (which then refused it or
     gave no answer): not for the pipeline's own failures before a request (``NOT_HANDED_OVER``, and
-    an app without credentials for the platform, ``credentials: not_configured:…``)."""
-    if code.startswith("credentials: not_configured"):
+    an app without credentials for the platform, ``credentials: not_configured:…``, and a reason
+    ending ``NOT_SENT``: a row still queued when the app's credentials were refused)."""
+    if code.startswith("credentials: not_configured") or code.endswith(NOT_SENT):
         return False
     return _head(code) not in NOT_HANDED_OVER
 

@@ -51,6 +51,7 @@ from delivery.payloads import (
 from delivery.providers import Outcome, OutcomeKind
 from delivery.providers.apns import ApnsClient, ApnsMessage
 from delivery.providers.fcm import FcmClient, FcmMessage
+from delivery.reasons import NOT_SENT, handed_over
 from delivery.rules import profile_zone, quiet_at_claim
 from delivery.services.apps import app_secrets_read
 from delivery.services.claims import Claimed, Result, deliveries_claim, deliveries_write_back
@@ -369,6 +370,11 @@ def _reasons_said(results: list[Result]) -> tuple[str, dict[str, dict[str, int]]
     return "; ".join(parts), {status: dict(counted) for status, counted in by_status.items()}
 
 
+def _unsent(reason: str) -> str:
+    """``reason`` for a row that fails with it without being sent: marked ``NOT_SENT`` unless it says so already."""
+    return reason if not handed_over(reason) else reason[: 100 - len(NOT_SENT)] + NOT_SENT
+
+
 def _fail_platform(dispatch: Dispatch, platform: str, reason: str) -> None:
     """The app's credentials for a platform were refused: fail its queued rows at once (no retry storm)."""
     failed = deliveries_finish(
@@ -376,7 +382,7 @@ def _fail_platform(dispatch: Dispatch, platform: str, reason: str) -> None:
         "(SELECT id FROM delivery_device WHERE platform = %s)",
         params=[dispatch.pk, platform],
         status=DS.FAILED,
-        reason=f"credentials: {reason}",
+        reason=_unsent(f"credentials: {reason}"),
         now=timezone.now(),
     )
     if failed:

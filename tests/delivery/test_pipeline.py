@@ -772,6 +772,31 @@ def test_correcting_an_apps_key_or_team_id_reaches_the_next_send_without_a_resta
     assert Delivery.objects.get(dispatch=corrected).status == "accepted"
 
 
+def test_rows_failed_unsent_after_the_apps_credentials_were_refused_are_not_counted_sent(
+    pushsim_app, pushsim, open_gate, settings, django_capture_on_commit_callbacks
+):
+    """APNs refuses the app's key: the batch that met it was handed over, and the rows still queued
+    fail at once with its reason, never sent. A report's "sent" (``handed_over``) counts the first
+    and not the others: as many as the requests APNs got."""
+    from delivery.services.apps import app_update
+
+    settings.PUSHDESK_SEND_BATCH = 2
+    app_update(app_id=pushsim_app.pk, by=None, apns_key_id="KEYWRONG01")
+    content = PushContentFactory(app=pushsim_app)
+    profiles = ProfileFactory.create_batch(8)
+    for profile in profiles:
+        DeviceFactory(profile=profile, app=pushsim_app, platform="ios")
+    dispatch = send(content, profiles, django_capture_on_commit_callbacks)
+
+    reasons = list(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason"))
+    assert {status for status, _ in reasons} == {"failed"} and len(reasons) == 8
+    assert all(reason.startswith("credentials: ") for _, reason in reasons)
+    refused = pushsim.state.requests[403]
+    assert 0 < refused < 8
+    assert sum(handed_over(reason) for _, reason in reasons) == refused
+    assert reason_label(next(r for _, r in reasons if not handed_over(r))) == reason_label(reasons[0][1])
+
+
 def test_a_collapse_key_apns_cannot_take_fails_the_ios_rows_alone(
     pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
 ):
