@@ -98,6 +98,12 @@ def _env_url(name: str, default: str, *, schemes: tuple[str, ...]) -> str:
         _refuse_start(
             f"{name}={_without_password(raw)!r} is not a {' or '.join(schemes)} URL with a host; set it to one."
         )
+    try:
+        parts.port  # noqa: B018 (read for its check: a port that is not a number from 0 to 65535 raises)
+    except ValueError:
+        _refuse_start(
+            f"{name}={_without_password(raw)!r} has a port that is not a number from 0 to 65535; set it to one."
+        )
     return raw
 
 

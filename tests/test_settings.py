@@ -333,6 +333,23 @@ def test_a_refused_redis_url_is_named_without_its_password(tmp_path, url):
     assert "hunter2" not in result.stderr and "redis@" not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("REDIS_URL", "redis://:hunter2@cache.internal:63790x/0"),
+        ("REDIS_URL", "redis://:hunter2@cache.internal:99999/0"),
+        ("PUSHDESK_FCM_URL", "https://fcm.googleapis.com:443x"),
+    ],
+)
+def test_a_url_whose_port_is_not_a_port_stops_start_up_with_one_line(tmp_path, name, url):
+    """Read as the URL is used (the queue's client, a provider's): a traceback each command, the password in it."""
+    result = _import_settings({name: url}, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "port" in lines[0], result.stderr
+    assert "hunter2" not in result.stderr
+
+
 def test_every_pushdesk_setting_read_from_the_environment_is_documented():
     """An operator finds each variable the settings read in the README or the operator's guide."""
     settings_source = (ROOT / "config" / "settings.py").read_text()
