@@ -14,6 +14,7 @@ from django.template.defaultfilters import filesizeformat, pluralize
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
 from accounts.admin.bases import AccessAdmin, with_reader_sees
@@ -151,7 +152,7 @@ class ImportAdmin(AccessAdmin):
         "target",
         "segment_shown",
         "waiting_for_text",
-        "columns",
+        "columns_shown",
         "rows_done",
         "rows_imported",
         "rows_failed",
@@ -181,6 +182,22 @@ class ImportAdmin(AccessAdmin):
             field="segment_id",
             model=Segment,
         )
+
+    @admin.display(description="Columns")
+    def columns_shown(self, obj):
+        """The columns' mapping as it was typed on the upload form, one per line ("age = number",
+        "Customer ID -> external_id"); the file's other columns became attributes of inferred types."""
+        if not obj.columns:
+            return "—"
+        lines = []
+        for column, spec in obj.columns.items():
+            spec = spec or {}
+            if spec.get("to"):
+                line = f"{column} -> {spec['to']}" + (f" : {spec['type']}" if spec.get("type") else "")
+            else:
+                line = f"{column} = {spec.get('type') or 'auto'}"
+            lines.append(line)
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines))
 
     @admin.display(description="Size")
     def size_shown(self, obj):

@@ -500,3 +500,19 @@ def test_a_small_files_size_and_counts_of_one_are_said_once_and_in_the_singular(
     progress = re.search(r'<span class="import-progress-text">(.*?)</span>', page, re.S)
     assert progress is not None and "2 rows read · 0 failed · 1 duplicate" in progress.group(1)
     assert "duplicates" not in progress.group(1)
+
+
+def test_an_imports_page_says_its_columns_as_they_were_typed(
+    login, manager_alice, media, django_capture_on_commit_callbacks
+):
+    """The page showed the stored JSON ({"age": {"type": "number"}}), under a help text in code."""
+    upload = SimpleUploadedFile("people.csv", b"Customer ID,age,notes\nu1,31,hi\n", content_type="text/csv")
+    columns = {"Customer ID": {"to": "external_id"}, "age": {"type": "number"}, "notes": {"type": "skip"}}
+    with django_capture_on_commit_callbacks(execute=True):
+        record = import_create(upload=upload, by=manager_alice, columns=columns)
+    page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    field = re.search(r'<div class="form-row field-columns_shown">.*?<div class="readonly">(.*?)</div>', page, re.S)
+    assert field is not None
+    # The database keeps a mapping's keys in an order of its own (PostgreSQL's JSONB: shortest first).
+    assert sorted(field.group(1).split("<br>")) == ["Customer ID -&gt; external_id", "age = number", "notes = skip"]
+    assert "Per CSV column" not in page
