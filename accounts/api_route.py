@@ -94,6 +94,8 @@ def api_route(request, view, kwargs: dict):
         return None
     if not _answers_json(meta.get("HTTP_ACCEPT")):
         return None  # the view's content negotiation refuses it (406)
+    if meta.get("QUERY_STRING") and "format" in request.GET:
+        return None  # the view's content negotiation reads it (a format but json's refused, 400)
     try:
         stamps = view_stamps_read(view, kwargs, matched)
     except RedisError:

@@ -491,13 +491,14 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["accounts.authentication.HasRequiredScope"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["accounts.parsers.ApiJSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "accounts.negotiation.ApiContentNegotiation",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "accounts.api.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "accounts.pagination.ApiPagination",
     "PAGE_SIZE": 100,
     "UNAUTHENTICATED_USER": None,
-    # JSON is all the API speaks: no ``?format=`` (a list's unknown parameters are ignored, and
-    # the API's own route answers the hot calls without DRF's negotiation).
+    # DRF's reading of ``?format=`` answers 404 to a format it does not know: the negotiation
+    # (accounts.negotiation) reads it instead, refusing such a format with a 400 naming it.
     "URL_FORMAT_OVERRIDE": None,
 }
 SPECTACULAR_SETTINGS = {

@@ -92,3 +92,39 @@ def test_known_values_filter_and_unknown_parameter_names_are_ignored(reader, wor
     assert preview.status_code == 200, preview.content[:300]
     deliveries = reader.get(f"/api/v1/dispatches/{world['dispatch']}/deliveries/", {"after": 10**30, "limit": 1000})
     assert deliveries.status_code == 200 and deliveries.json()["results"] == []
+
+
+@pytest.mark.parametrize("path", [*PAGED, "/api/v1/me/", "/dispatches/{dispatch}/", "/segments/{segment}/preview/"])
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("format=xml", "Unknown value “xml”; use json."),
+        ("format=csv", "Unknown value “csv”; use json."),
+        ("format=", "Unknown value “”; use json."),
+        ("format=json&format=xml", "Give one value."),
+    ],
+)
+def test_a_format_the_api_does_not_answer_in_is_refused_naming_it(reader, world, path, query, detail):
+    """``?format=`` was ignored: ``?format=csv`` answered JSON as if it were what was asked."""
+    response = reader.get(f"{_url(path, world)}?{query}")
+    assert (response.status_code, response["Content-Type"]) == (400, "application/json"), response.content[:300]
+    assert response.json()["errors"] == [
+        {"field": "format", "code": "invalid_choice" if "Unknown" in detail else "invalid", "detail": detail}
+    ]
+
+
+@pytest.mark.parametrize("path", [*PAGED, "/api/v1/me/"])
+def test_format_json_answers_as_without_it(reader, world, path):
+    response = reader.get(path, {"format": "json"})
+    assert (response.status_code, response["Content-Type"]) == (200, "application/json")
+    assert response.json() == reader.get(path).json()
+
+
+@pytest.mark.parametrize(("value", "content_type"), [("json", "application/vnd.oai.openapi+json"), ("yaml", "openapi")])
+def test_the_schema_answers_in_the_format_asked(client, value, content_type):
+    """drf-spectacular's way to ask for the schema in JSON, ``?format=json``, answered YAML."""
+    response = client.get("/api/v1/schema/", {"format": value})
+    assert response.status_code == 200, response.content[:300]
+    assert content_type in response["Content-Type"]
+    if value == "json":
+        assert response.json()["openapi"].startswith("3.")

@@ -5,6 +5,7 @@ import pytest
 
 from accounts.models import ApiKey
 from accounts.services import api_key_revoke
+from audiences.models import Event
 from campaigns.services.lifecycle import campaign_stop
 from delivery.models import Delivery
 from tests.factories import DeviceFactory, ProfileFactory
@@ -175,6 +176,24 @@ def test_a_call_whose_accept_leaves_out_json_sends_nothing(live_trigger, trigger
     assert (response.status_code, response.json()["code"]) == (406, "not_acceptable")
     assert not _by_route(response)
     assert not Delivery.objects.exists()
+
+
+@pytest.mark.parametrize(("path", "query"), [("campaigns/{id}/trigger/", "format=csv"), ("events/bulk/", "format=")])
+def test_a_call_asking_a_format_the_api_does_not_answer_in_writes_nothing(
+    live_trigger, api_key_for, manager_alice, pushsim_app, path, query
+):
+    """The route answered it, and wrote, ignoring the format asked for: the view refuses it first (400 naming it)."""
+    client = api_key_for(manager_alice, scopes=["trigger", "ingest"])
+    DeviceFactory(profile=ProfileFactory(external_id="zoe"), app=pushsim_app)
+    body = {
+        "recipients": [{"external_id": "zoe"}],
+        "events": [{"external_id": "zoe", "name": "open", "occurred_at": "2026-01-01T00:00:00Z"}],
+    }
+    response = client.post(f"/api/v1/{path.format(id=live_trigger.pk)}?{query}", body, format="json")
+    assert response.status_code == 400, response.content[:300]
+    assert [error["field"] for error in response.json()["errors"]] == ["format"]
+    assert not _by_route(response)
+    assert not Delivery.objects.exists() and not Event.objects.exists()
 
 
 def test_a_stopped_campaign_is_refused_by_the_route(live_trigger, trigger_client, manager_alice):
