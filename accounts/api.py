@@ -18,8 +18,10 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView, exception_handler
 
 from accounts.json_values import MAX_BYTES, MAX_DEPTH, json_text_problem, json_value_problem
+from accounts.pagination import ListQuery, page_response, page_schema, query_params_valid
 from accounts.parsers import request_too_large
 from accounts.roles import role_permissions
+from accounts.selectors import teams_visible_to
 from config.digits import digits_plain
 from config.reporting import SaidOnceAMinute, left_out_said
 from operations.database import database_gone, redis_problem
@@ -421,4 +423,42 @@ class MeView(APIView):
         )
 
 
-urlpatterns = [path("me/", MeView.as_view(), name="me")]
+class TeamMemberSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    is_active = serializers.BooleanField(help_text="False for an account that may no longer sign in.")
+
+
+class TeamOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    members = TeamMemberSerializer(
+        many=True,
+        source="user_set.all",
+        help_text="Its members, by username: each may act where the team was granted access, as their role allows.",
+    )
+
+
+class TeamListView(APIView):
+    """The teams (groups that are no roles) and their members, by name; read-only: a team's members
+    are changed on its admin page. For Administrators alone."""
+
+    required_scope = "read"
+
+    @extend_schema(
+        operation_id="teams_list",
+        parameters=[ListQuery],
+        responses=page_schema("PaginatedTeamOutList", TeamOutSerializer),
+    )
+    def get(self, request):
+        query = query_params_valid(ListQuery, request)
+        if not request.user.has_perm("auth.view_group"):
+            raise exceptions.PermissionDenied("Only an Administrator reads the teams and their members.")
+        teams = teams_visible_to(request.user).order_by("name", "id")
+        return page_response(request, self, teams, TeamOutSerializer, query=query)
+
+
+urlpatterns = [
+    path("me/", MeView.as_view(), name="me"),
+    path("teams/", TeamListView.as_view(), name="teams"),
+]

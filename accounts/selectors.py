@@ -369,6 +369,15 @@ def api_key_owner_choices(by: User) -> QuerySet[User]:
     ).distinct()
 
 
+def teams_visible_to(user: User) -> QuerySet[Group]:
+    """The teams (groups that are no roles) for those who may read groups (Administrators), each
+    with its members (``user_set``, by username) read in one more query; none for anyone else."""
+    if not user.has_perm("auth.view_group"):
+        return Group.objects.none()
+    members = User.objects.order_by("username")
+    return Group.objects.exclude(name__in=ROLES).prefetch_related(models.Prefetch("user_set", queryset=members))
+
+
 def api_keys_visible_to(user: User) -> QuerySet[ApiKey]:
     qs = ApiKey.objects.select_related("user")
     if user.has_perm("accounts.manage_others_apikey"):
