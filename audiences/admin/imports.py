@@ -288,9 +288,11 @@ class ImportAdmin(AccessAdmin):
         if not obj.error_file:
             return "—"
         url = reverse("admin:audiences_import_errors", args=[obj.pk])
-        return format_html('<a href="{}">Download the rows that failed (CSV)</a>', url)
+        # The file lists the rows that repeated an earlier row's id too (applied over it, counted apart).
+        what = "the rows that failed or repeated an id" if obj.rows_duplicate else "the rows that failed"
+        return format_html('<a href="{}">Download {} (CSV)</a>', url, what)
 
-    @admin.display(description="Rows that failed")
+    @admin.display(description="Rows that failed or repeated an id")
     def failed_rows(self, obj):
         """The error file's first rows (line, external_id, reason), then how many more its download
         holds: those that failed and those that repeated an id, as the file lists them."""

@@ -516,3 +516,17 @@ def test_an_imports_page_says_its_columns_as_they_were_typed(
     # The database keeps a mapping's keys in an order of its own (PostgreSQL's JSONB: shortest first).
     assert sorted(field.group(1).split("<br>")) == ["Customer ID -&gt; external_id", "age = number", "notes = skip"]
     assert "Per CSV column" not in page
+
+
+def test_an_imports_page_names_the_repeated_rows_it_lists_beside_those_that_failed(login, manager_alice, run_import):
+    """A row repeating an earlier row's id was listed under "Rows that failed", and downloaded as one,
+    though it was applied (over the earlier one) and the page counted it apart, as a duplicate."""
+    record = run_import(b"external_id,age\nu1,30\nu1,31\n,5\n")
+    assert (record.rows_imported, record.rows_failed, record.rows_duplicate) == (1, 1, 1)
+    page = login(manager_alice).get(f"/admin/audiences/import/{record.pk}/change/").content.decode()
+    assert "<label>Rows that failed or repeated an id:</label>" in page
+    assert "Download the rows that failed or repeated an id (CSV)</a>" in page
+    assert [line for line, _, _ in failed_rows_shown(page)] == ["3", "4"]
+    failed = run_import(b"external_id,age\n,5\n")
+    page = login(manager_alice).get(f"/admin/audiences/import/{failed.pk}/change/").content.decode()
+    assert "Download the rows that failed (CSV)</a>" in page
