@@ -739,9 +739,15 @@ def encryption_key_rotate(*, batch_size: int = 500) -> dict[str, int]:
         if isinstance(field, EncryptedTextField)
     ]
     # Every secret first: one no key opens would stop the rotation with the fields before it done.
+    unreadable = []
     for model, field in fields:
-        if not all(secret_decrypts(token) for _, token in _stored_tokens(model, field, batch_size=batch_size)):
-            raise ImproperlyConfigured(UNREADABLE_IN_ROTATION)
+        ids = [pk for pk, token in _stored_tokens(model, field, batch_size=batch_size) if not secret_decrypts(token)]
+        if ids:
+            shown = ", ".join(f"#{pk}" for pk in ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            unreadable.append(f"{model._meta.label}.{field.name} of {shown}")
+    if unreadable:  # which ones, so the operator knows what the missing key opened
+        said, _, advice = UNREADABLE_IN_ROTATION.partition(": ")
+        raise ImproperlyConfigured(f"{said} ({'; '.join(unreadable)}): {advice}")
     done: dict[str, int] = {}
     for model, field in fields:
         label = f"{model._meta.label}.{field.name}"

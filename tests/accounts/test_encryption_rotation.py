@@ -95,7 +95,10 @@ def test_a_rotation_meeting_a_secret_no_key_opens_refuses_changing_nothing(
     App.objects.filter(pk=app.pk).update(fcm_service_account=Value(under_old_key, output_field=TextField()))
     before = stored_tokens(app.pk)
 
-    with pytest.raises(CommandError, match="keep the old key"):
+    with pytest.raises(CommandError, match="keep the old key") as refused:
         call_command("rotate_encryption_key", stdout=io.StringIO())
+    # Which secret: the operator looks for the key that opens it (status names it too).
+    assert f"delivery.App.fcm_service_account of #{app.pk}" in str(refused.value), refused.value
+    assert "apns_private_key" not in str(refused.value) and "\n" not in str(refused.value)
     assert stored_tokens(app.pk) == before
     assert not AuditEvent.objects.filter(action="encryption_key_rotated").exists()
