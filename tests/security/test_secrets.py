@@ -252,3 +252,53 @@ def test_phones_register_opt_out_and_unregister_on_an_app_whose_credentials_cann
     assert (Device.objects.get().profile.external_id, Device.objects.get().push_enabled) == ("user-1", False)
     assert ingest.post("/api/v1/devices/unregister/", {"app": app.pk, "token": token}, format="json").status_code == 200
     assert (Device.objects.get().active, Device.objects.get().invalidated_reason) == (False, "unregistered")
+
+
+def test_a_send_with_credentials_the_providers_refuse_logs_no_credential_or_token_even_at_debug(
+    pushsim, manager_alice, admin_erin, caplog, django_capture_on_commit_callbacks
+):
+    """A key APNs does not know (403 InvalidProviderToken) and a service account Google refuses
+    (the token endpoint's 400): the test of the connection and a send fail, and what the web and the
+    worker log then, with every logger at DEBUG, names the reasons, never the keys or the tokens."""
+    import logging.config
+
+    from django.conf import settings
+
+    from accounts.services import access_grant
+    from campaigns.services.lifecycle import campaign_create
+    from campaigns.services.scheduling import campaign_test_send
+    from delivery.models import Delivery, PushContent
+    from delivery.services.apps import app_test_connection
+    from delivery.services.contents import pushcontent_save
+    from tests.factories import DeviceFactory, ProfileFactory, SegmentFactory
+    from tests.fakes.pushsim import make_apns_credentials, make_fcm_credentials, simulated_app
+
+    apns, fcm = make_apns_credentials(), make_fcm_credentials(token_uri=pushsim.token_uri)  # trusted by no one
+    app = simulated_app("Refused", pushsim, apns, fcm)
+    access_grant(obj=app, to=manager_alice, by=None)
+    profile = ProfileFactory(external_id="zoe")
+    for platform in ("ios", "android"):
+        DeviceFactory(profile=profile, app=app, platform=platform, is_test=True)
+    segment = SegmentFactory(name="Zoe", created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    content = pushcontent_save(content=PushContent(app=app, name="Spring", title="Hi", body="Sale"), by=manager_alice)
+    campaign = campaign_create(
+        by=manager_alice, name="Sale", app=app, segment=segment, content=content, kind="scheduled"
+    )
+
+    logging.getLogger("hpack").setLevel(logging.NOTSET)  # as in a web process or a worker
+    logging.config.dictConfig({"version": 1, "incremental": True, "loggers": settings.LOGGING["loggers"]})
+    caplog.set_level(logging.DEBUG)
+    app_test_connection(app_id=app.pk, by=admin_erin)
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign_test_send(campaign_id=campaign.pk, by=manager_alice)
+
+    reasons = sorted(Delivery.objects.filter(device__app=app).values_list("reason", flat=True))
+    assert reasons == ["credentials: InvalidProviderToken", "credentials: oauth"], reasons
+    text = caplog.text
+    assert "InvalidProviderToken" in text  # the batch's line says why
+    apns_lines = [line for line in apns.private_key_pem.splitlines() if "-----" not in line]
+    fcm_lines = [line for line in fcm.info["private_key"].splitlines() if "-----" not in line]
+    for fragment in (*apns_lines, *fcm_lines, fcm.info["private_key_id"]):
+        assert fragment not in text
+    assert "eyJ" not in text and "bearer" not in text.lower() and "assertion=" not in text  # no JWT, no token
