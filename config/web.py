@@ -204,6 +204,26 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _bind_error(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host:port``, tried as it will bind (the address reused,
+    so a port a stopped server left in TIME_WAIT is free), or None."""
+    import errno
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"{host}:{port} is in use: stop what listens there, or choose another --bind"
+        if exc.errno == errno.EACCES:
+            return f"{host}:{port} may not be bound by this user (a port below 1024?): choose another --bind"
+        return f"{host}:{port} cannot be bound ({exc.strerror or exc}): choose another --bind"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -213,6 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     if problem:
         sys.stderr.write(f"python -m config.web: error: {problem}\n")
         raise SystemExit(2)
+    problem = _bind_error(*args.bind)
+    if problem:  # granian's own refusal is a traceback and a Rust backtrace
+        sys.stderr.write(f"python -m config.web: error: {problem}\n")
+        raise SystemExit(1)
     from granian import Granian
     from granian.constants import Interfaces
     from granian.log import LogLevels

@@ -213,3 +213,27 @@ def test_a_thread_that_ends_idle_closes_its_database_connection(tmp_path):
         assert len(_backends_alive(first | second)) <= 4  # one connection a thread, never more
     finally:
         _stop(web)
+
+
+def test_an_address_already_in_use_is_said_in_one_line(tmp_path):
+    """Granian's own refusal was a Python traceback and a Rust backtrace, some sixty lines."""
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHDESK_")}
+    env.update(PUSHDESK_VAR_DIR=str(tmp_path), DATABASE_URL=database_url())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "config.web", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == [
+        f"python -m config.web: error: 127.0.0.1:{port} is in use: stop what listens there, or choose another --bind"
+    ], result.stderr
