@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.http import Http404
 from django.utils import timezone
 
@@ -416,6 +417,7 @@ def campaigns_tick(*, now: dt.datetime | None = None) -> dict:
             if campaign is not None and campaign.next_occurrence_at is None:
                 _campaign_finish(campaign)
                 completed += 1
+    completed += campaigns_failed_judge_again()
     return {"due": len(due_ids), "occurrences": fired, "winners": picked, "completed": completed}
 
 
@@ -448,28 +450,51 @@ def _campaign_finish(campaign: Campaign) -> None:
 def campaign_dispatch_accepted_late(dispatch) -> None:
     """Complete the campaign the tick ended ``failed`` (every send of it failed) now that one of its
     sends, ``dispatch``, is ``done``: answers that came after its rows' lease ran out were accepted
-    (``dispatch_accepted_late``). Its status, lists and API then say what its sends did, the audit
-    line saying why. A campaign in any other state (stopped, archived, still on the air) is left as
-    it is. Locks the campaign."""
+    (``dispatch_accepted_late``). Should this not run (the worker killed between the two commits),
+    the tick does it (``campaigns_failed_judge_again``)."""
+    campaign_failed_judge_again(campaign_id=dispatch.source_id)
+
+
+def campaign_failed_judge_again(*, campaign_id: int) -> bool:
+    """Complete a campaign ended ``failed`` once one of its sends no longer is: answers that came
+    after its rows' lease ran out were accepted (``dispatch_accepted_late``). Its status, lists and
+    API then say what its sends did, the audit line naming those sends. A campaign in any other
+    state (stopped, archived, still on the air) is left as it is. Locks the campaign; True when it
+    changed."""
     from delivery.models import Dispatch
 
     with transaction.atomic():
-        campaign = Campaign.objects.select_for_update().filter(pk=dispatch.source_id, status=Status.FAILED).first()
+        campaign = Campaign.objects.select_for_update().filter(pk=campaign_id, status=Status.FAILED).first()
         if campaign is None:
-            return
+            return False
         sends = Dispatch.objects.filter(kind=Dispatch.Kind.CAMPAIGN, source_id=campaign.pk)
-        if not sends.exclude(status=Dispatch.Status.FAILED).exists():
-            return
+        revived = sorted(sends.exclude(status=Dispatch.Status.FAILED).values_list("pk", flat=True))
+        if not revived:
+            return False
         status_transition(
             campaign,
             Status.COMPLETED,
             by=None,
             action="completed",
             summary={
-                "answered_late": [dispatch.pk],
+                "answered_late": revived,
                 "reason": "A send of it that had failed was accepted after all: its answers came late.",
             },
         )
+    return True
+
+
+def campaigns_failed_judge_again() -> int:
+    """The tick's part: ``campaign_failed_judge_again`` for each failed campaign with a send that
+    is not failed (whose late answers' follow-up was lost); how many completed. One query finds them
+    (an index probe per failed campaign)."""
+    from delivery.models import Dispatch
+
+    sends = Dispatch.objects.filter(kind=Dispatch.Kind.CAMPAIGN, source_id=OuterRef("pk")).exclude(
+        status=Dispatch.Status.FAILED
+    )
+    found = Campaign.objects.filter(status=Status.FAILED).filter(Exists(sends)).values_list("pk", flat=True)
+    return sum(campaign_failed_judge_again(campaign_id=pk) for pk in list(found[:500]))
 
 
 def _nothing_sent_reason(campaign: Campaign, *, sent_any: bool) -> str:

@@ -1143,3 +1143,29 @@ def test_a_campaign_failed_for_want_of_an_accepted_push_completes_when_its_late_
     assert answer.json()["status"] == "completed"
     campaigns_tick(now=T0 + dt.timedelta(minutes=2))  # the tick leaves it so
     assert Campaign.objects.get(pk=campaign.pk).status == "completed"
+
+
+def test_a_failed_campaign_whose_send_was_judged_done_before_a_crash_completes_at_the_next_tick(
+    make_campaign, approve, team
+):
+    """The late answers made its send done, and the worker died before the campaign followed (two
+    commits): the tick finds the campaign failed with a send that did not fail, and completes it."""
+    from accounts.models import AuditEvent
+    from delivery.services.dispatches import dispatch_prepare
+
+    DeviceFactory(app=team, platform="android", profile=ProfileFactory(locale="en"))
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0))
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    dispatch_prepare(dispatch_id=occurrence.dispatch_id)
+    sends = Dispatch.objects.filter(pk=occurrence.dispatch_id)
+    sends.update(status="failed")
+    campaigns_tick(now=T0 + dt.timedelta(minutes=1))
+    assert Campaign.objects.get(pk=campaign.pk).status == "failed"
+    campaigns_tick(now=T0 + dt.timedelta(minutes=2))
+    assert Campaign.objects.get(pk=campaign.pk).status == "failed"  # its send failed: it stays so
+
+    sends.update(status="done", accepted=1)  # what dispatch_accepted_late committed before the crash
+    campaigns_tick(now=T0 + dt.timedelta(minutes=3))
+    assert Campaign.objects.get(pk=campaign.pk).status == "completed"
+    completed = AuditEvent.objects.get(action="campaign_completed")
+    assert (completed.summary["from"], completed.summary["answered_late"]) == ("failed", [occurrence.dispatch_id])
