@@ -96,6 +96,11 @@ CAPABILITIES: dict[str, dict] = {
         "roles": (ADMINISTRATOR, APPROVER, MANAGER),
         "perms": ["accounts.view_apikey", "accounts.add_apikey", "accounts.change_apikey"],
     },
+    "test_devices": {
+        "label": "mark, unmark and register test devices (they get test sends of content not yet approved)",
+        "roles": (ADMINISTRATOR,),
+        "perms": ["delivery.mark_test_device"],
+    },
     "watch_queue": {
         "label": "the task queue: queued and failed tasks, schedules (read)",
         "roles": (ADMINISTRATOR,),

@@ -47,7 +47,7 @@ from delivery.selectors import (
     with_source_seen,
 )
 from delivery.services.apps import IdentitySecretUnreadable, IdentityUnverified, app_identity_verify
-from delivery.services.devices import device_opt_in_set, device_register, device_unregister
+from delivery.services.devices import MARK_TEST_DEVICE, device_opt_in_set, device_register, device_unregister
 from delivery.services.dispatches import dispatch_counted_now, dispatches_counted_now
 from delivery.services.opens import AlreadyOpened, NotAccepted, delivery_open_report
 
@@ -90,7 +90,7 @@ class DeviceInSerializer(serializers.Serializer):
     is_test = JsonBooleanField(
         required=False,
         help_text="A test device (it gets test sends, of drafts too): true only with a key of the test_devices scope "
-        "(403 insufficient_scope otherwise). Left out: false for a new token; a known one keeps its own (the flag an "
+        "(403 insufficient_scope otherwise) whose user is an Administrator (403 insufficient_role otherwise). Left out: false for a new token; a known one keeps its own (the flag an "
         "admin set).",
     )
 
@@ -291,9 +291,17 @@ class DeviceRegisterView(IngestRateLimited, APIView):
             # device and be sent every draft's test, before any approval.
             raise exceptions.PermissionDenied(
                 "is_test: a test device is registered only with a key of the 'test_devices' scope (a test device "
-                "gets test sends of drafts not yet approved); mark it in the admin (Devices → Mark as test "
-                "devices), or use such a key.",
+                "gets test sends of drafts not yet approved); an Administrator marks it in the admin (Devices → Mark "
+                "as test devices), or registers it with such a key.",
                 code="insufficient_scope",
+            )
+        if values.get("is_test") and not request.user.has_perm(MARK_TEST_DEVICE):
+            # The scope is not enough: the key acts with its user's role (``device_register`` checks it too).
+            raise FieldRefused(
+                field="is_test",
+                code="insufficient_role",
+                detail="only an Administrator's key registers a test device (a test device gets test sends of "
+                "content not yet approved).",
             )
         app_id = _app_in_scope(request, values.pop("app"))
         identity_hash = values.pop("identity_hash", None)

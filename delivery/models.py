@@ -162,6 +162,8 @@ class Device(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # A test device gets test sends of content nobody approved: who may make one is a role's right.
+        permissions = [("mark_test_device", "Can mark, unmark and register test devices")]
         constraints = [
             models.UniqueConstraint(fields=["app", "token"], name="device_app_token_unique"),
             # An APNs token's case says nothing (it is hexadecimal): kept in lowercase, the unique

@@ -20,7 +20,7 @@ from delivery.selectors import (
     dispatch_named,
     with_source_seen,
 )
-from delivery.services.devices import device_token_normal, devices_test_flag_set
+from delivery.services.devices import MARK_TEST_DEVICE, device_token_normal, devices_test_flag_set
 
 
 @admin.register(Device)
@@ -140,13 +140,14 @@ class DeviceAdmin(BigTableAdmin):
         )
         self.message_user(request, f"{changed} device{pluralize(changed)} changed.", messages.SUCCESS)
 
-    @admin.action(description="Mark as test devices", permissions=["write"])
+    @admin.action(description="Mark as test devices", permissions=["mark_test"])
     def mark_test(self, request, queryset):
         self._set_test(request, queryset, True)
 
-    @admin.action(description="Unmark as test devices", permissions=["write"])
+    @admin.action(description="Unmark as test devices", permissions=["mark_test"])
     def unmark_test(self, request, queryset):
         self._set_test(request, queryset, False)
 
-    def has_write_permission(self, request):
-        return request.user.has_perm("delivery.change_device")
+    def has_mark_test_permission(self, request):
+        # An Administrator's (``devices_test_flag_set`` checks it again): test devices get drafts.
+        return request.user.has_perm("delivery.change_device") and request.user.has_perm(MARK_TEST_DEVICE)

@@ -111,6 +111,20 @@ def _ensure_device_write(by: User, app_id: int) -> None:
         raise PermissionDenied("You may not register devices for this app.")
 
 
+MARK_TEST_DEVICE = "delivery.mark_test_device"
+
+
+def _ensure_test_flag_right(by: User) -> None:
+    """``by``'s role may make and unmake test devices: an Administrator's right, since a test device
+    gets test sends of content nobody approved (a Manager marking customers' phones could send them
+    drafts). Raises PermissionDenied naming is_test."""
+    if not by.has_perm(MARK_TEST_DEVICE):
+        raise PermissionDenied(
+            "is_test: only an Administrator may mark, unmark or register test devices "
+            "(a test device gets test sends of content not yet approved)."
+        )
+
+
 def device_register(
     *,
     app_id: int,
@@ -131,8 +145,10 @@ def device_register(
     ``push_enabled`` and ``is_test`` left out (None) keep a known token's own (the phone's opt-in
     as last reported, the test flag an admin set: an app registering at each launch sends
     neither), and are true and false for a new token.
+    ``is_test`` true needs the role's right to make test devices (``_ensure_test_flag_right``).
     Raises ValidationError on a bad external id (``external_id_problem``), platform or token,
-    PermissionDenied without device write access to the app (``_ensure_device_write``).
+    PermissionDenied without device write access to the app (``_ensure_device_write``) or, for
+    ``is_test`` true, without that right.
     """
     from audiences.services.profiles import external_id_problem, profile_upsert
 
@@ -141,6 +157,8 @@ def device_register(
     device_token_check(platform=platform, token=token)
     token = device_token_normal(platform=platform, token=token)
     _ensure_device_write(by, app_id)
+    if is_test:
+        _ensure_test_flag_right(by)
     now = timezone.now()
     with transaction.atomic():
         # The profile and the token's owner now, locked before the device (``DEVICES_BY_TOKEN_PG``);
@@ -239,11 +257,16 @@ def devices_invalidate(
 
 
 def devices_test_flag_set(*, device_ids: list[int], is_test: bool, by: User) -> int:
-    """Mark devices as test devices (or not); return how many changed. Only devices of apps ``by`` may write."""
+    """Mark devices as test devices (or not); return how many changed, each audited. Only devices
+    of apps ``by`` may write.
+
+    Raises PermissionDenied when ``by`` may not change devices, or their role may not make and
+    unmake test devices (``_ensure_test_flag_right``: an Administrator's)."""
     from delivery.selectors import devices_visible_to
 
     if not by.has_perm("delivery.change_device"):
         raise PermissionDenied("You may not change devices.")
+    _ensure_test_flag_right(by)
     with transaction.atomic():
         rows = devices_visible_to(by).filter(pk__in=device_ids).exclude(is_test=is_test)
         changed = list(rows.values_list("pk", flat=True))

@@ -217,8 +217,8 @@ def dispatch_create(
         named = f"'{app}'" if visible_named(by, App, [app.pk]) else numbered("app", app.pk)
         raise ValidationError(
             {
-                "audience": f"{named} has no active test device: mark a device of the app as a test device "
-                "(Devices: tick 'Is test'), or register one with is_test, then send the test."
+                "audience": f"{named} has no active test device: an Administrator marks a device of the app as a "
+                "test device (Devices → Mark as test devices), then send the test."
             }
         )
     with transaction.atomic():

@@ -124,6 +124,7 @@ def _exists(dotted):
         ("approve", {"Administrator", "Approver"}),
         ("operate", {"Administrator", "Approver", "Manager"}),
         ("administer", {"Administrator"}),
+        ("test_devices", {"Administrator"}),
     ],
 )
 def test_roles_table_matches_the_specification(capability, roles):

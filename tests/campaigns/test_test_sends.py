@@ -70,7 +70,7 @@ def test_a_campaigns_test_send_sends_each_variants_content(
 
 
 def test_a_test_push_waiting_for_its_retry_is_not_sent_to_a_phone_taken_off_the_test_list(
-    named_campaign, pushsim, manager_alice, settings, monkeypatch
+    named_campaign, pushsim, manager_alice, admin_erin, settings, monkeypatch
 ):
     """A test send is unapproved content for the test list alone. A phone marked a tester by mistake
     (someone's own phone) and unmarked while its test waited for a retry (the provider answered 503)
@@ -92,7 +92,7 @@ def test_a_test_push_waiting_for_its_retry_is_not_sent_to_a_phone_taken_off_the_
     dispatch_send(dispatch_id=dispatch.pk)
     row = Delivery.objects.get(dispatch=dispatch)
     assert (row.status, row.attempts) == ("queued", 1)
-    devices_test_flag_set(device_ids=[tester.pk], is_test=False, by=manager_alice)
+    devices_test_flag_set(device_ids=[tester.pk], is_test=False, by=admin_erin)
     pushsim.state.faults.rate_503 = 0.0
     Delivery.objects.filter(pk=row.pk).update(
         next_attempt_at=row.next_attempt_at - dt.timedelta(hours=2)

@@ -125,7 +125,7 @@ def test_test_send_action_creates_a_test_dispatch(client, manager_alice, app, dj
     answer = _send_test(client, [content.pk], post="yes")
     assert "has no active test device" in answer.content.decode() and not Dispatch.objects.exists()
     # Said as a sentence, not as the field's errors in Python's words ("{'audience': [...]}").
-    assert re.search(r": '[^']+' has no active test device: mark a device", _messages(answer))
+    assert re.search(r": '[^']+' has no active test device: an Administrator marks", _messages(answer))
     DeviceFactory(app=app, is_test=True)
     asked = _send_test(client, [content.pk])  # asked first: nothing sent yet
     assert "Send a test of 1 push content?" in asked.content.decode() and not Dispatch.objects.exists()
@@ -572,9 +572,9 @@ def test_the_device_search_reads_the_unique_indexes_not_every_device(client, man
                 assert "Seq Scan on delivery_device" not in plan and "Seq Scan on audiences_profile" not in plan, plan
 
 
-def test_manager_marks_test_devices_from_the_admin(client, manager_alice, app):
+def test_administrator_marks_test_devices_from_the_admin(client, admin_erin, app):
     device, other = DeviceFactory(app=app), DeviceFactory(app=app, is_test=True)
-    client.force_login(manager_alice)
+    client.force_login(admin_erin)
     url = reverse("admin:delivery_device_changelist")
     answer = client.post(url, {"action": "mark_test", "_selected_action": [device.pk]}, follow=True)
     device.refresh_from_db()
@@ -584,22 +584,31 @@ def test_manager_marks_test_devices_from_the_admin(client, manager_alice, app):
     assert "2 devices changed." in answer.content.decode()
 
 
+def test_a_manager_is_not_offered_the_test_device_marks(client, manager_alice, app):
+    """A test device gets drafts nobody approved: a Manager who could mark any customer's phone
+    could send them unapproved text with Send a test."""
+    DeviceFactory(app=app)
+    client.force_login(manager_alice)
+    page = client.get(reverse("admin:delivery_device_changelist")).content.decode()
+    assert 'value="mark_test"' not in page and 'value="unmark_test"' not in page
+
+
 def _press(client, model: str, action: str, pks: list[int]):
     return client.post(reverse(f"admin:delivery_{model}_changelist"), {"action": action, "_selected_action": pks})
 
 
 @pytest.mark.presses("delivery.device:mark_test", "delivery.device:unmark_test")
 @pytest.mark.parametrize(("action", "before", "after"), [("mark_test", False, True), ("unmark_test", True, False)])
-def test_test_device_marks_change_for_a_manager_and_not_for_a_viewer_or_outside_access(
-    client, manager_alice, manager_mallory, viewer_carol, app, action, before, after
+def test_test_device_marks_change_for_an_administrator_and_not_for_a_manager_or_a_viewer(
+    client, admin_erin, manager_alice, viewer_carol, app, action, before, after
 ):
     device = DeviceFactory(app=app, is_test=before)
-    for user in (viewer_carol, manager_mallory):  # a Viewer's role, and a Manager without access to the app
+    for user in (manager_alice, viewer_carol):  # both with access to the app
         client.force_login(user)
         assert _press(client, "device", action, [device.pk]).status_code in (200, 302, 403)
         device.refresh_from_db()
         assert device.is_test is before, user
-    client.force_login(manager_alice)
+    client.force_login(admin_erin)
     assert _press(client, "device", action, [device.pk]).status_code == 302
     device.refresh_from_db()
     assert device.is_test is after

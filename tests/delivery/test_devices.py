@@ -3,13 +3,14 @@
 import threading
 
 import pytest
+from django.core.exceptions import PermissionDenied
 from django.db import connection, transaction
 
 from accounts.services import access_grant
 from audiences.models import Profile
 from audiences.services.profiles import profiles_delete
 from delivery.models import Device
-from tests.factories import AppFactory, DeviceFactory, ProfileFactory
+from tests.factories import AppFactory, DeviceFactory, ProfileFactory, UserFactory
 from tests.locks import concurrently, wait_for_a_blocked_writer
 
 pytestmark = pytest.mark.django_db
@@ -94,7 +95,7 @@ def test_registering_again_keeps_the_test_flag_an_admin_set(ingest, app, admin_e
 
 
 def test_an_ingest_key_cannot_make_a_device_a_test_device_one_of_the_test_devices_scope_can(
-    ingest, app, api_key_for, manager_alice
+    ingest, app, api_key_for, admin_erin
 ):
     """A key an app ships is public: with ingest alone, anyone's phone registered itself as a test
     device and was sent every draft's test send, before any approval."""
@@ -108,9 +109,55 @@ def test_an_ingest_key_cannot_make_a_device_a_test_device_one_of_the_test_device
     assert register(ingest, app, is_test=True).status_code == 403
     assert Device.objects.get().is_test is False
 
-    tester = api_key_for(manager_alice, scopes=["ingest", "test_devices"])
+    tester = api_key_for(admin_erin, scopes=["ingest", "test_devices"])
     assert register(tester, app, is_test=True).status_code == 200
     assert Device.objects.get().is_test is True
+
+
+@pytest.mark.parametrize("role", ["Manager", "Approver"])
+def test_a_test_devices_key_of_a_manager_or_an_approver_registers_no_test_device(api_key_for, app, role):
+    """The key's scope is not enough: a test device gets drafts nobody approved, and only an
+    Administrator's role may make one (delivery.mark_test_device). A Viewer owns no key."""
+    user = UserFactory(username=f"{role.lower()}_pia", role=role)
+    access_grant(obj=app, to=user, by=None)
+    tester = api_key_for(user, scopes=["ingest", "test_devices"])
+    refused = register(tester, app, is_test=True)
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "insufficient_role"
+    assert refused.json()["detail"].startswith("is_test: only an Administrator's key"), refused.json()
+    assert not Device.objects.exists()
+    assert not Profile.objects.filter(external_id="user-1").exists()
+
+
+@pytest.mark.parametrize("role", ["Manager", "Viewer"])
+def test_the_service_refuses_a_manager_or_a_viewer_marking_or_unmarking_test_devices(app, role):
+    from accounts.models import AuditEvent
+    from delivery.services.devices import device_register, devices_test_flag_set
+
+    user = UserFactory(username=f"{role.lower()}_pia", role=role)
+    access_grant(obj=app, to=user, by=None)
+    plain, tester = DeviceFactory(app=app), DeviceFactory(app=app, is_test=True)
+    for ids, flag in (([plain.pk], True), ([tester.pk], False)):
+        with pytest.raises(PermissionDenied):
+            devices_test_flag_set(device_ids=ids, is_test=flag, by=user)
+    with pytest.raises(PermissionDenied):
+        device_register(app_id=app.pk, external_id="user-9", platform="ios", token=IOS_TOKEN, is_test=True, by=user)
+    assert set(Device.objects.values_list("pk", "is_test")) == {(plain.pk, False), (tester.pk, True)}
+    assert not AuditEvent.objects.filter(action="device_test_flag_set").exists()
+
+
+def test_an_administrator_marks_and_unmarks_test_devices_audited(app, admin_erin):
+    from accounts.models import AuditEvent
+    from delivery.services.devices import devices_test_flag_set
+
+    device = DeviceFactory(app=app)
+    assert devices_test_flag_set(device_ids=[device.pk], is_test=True, by=admin_erin) == 1
+    device.refresh_from_db()
+    assert device.is_test
+    assert devices_test_flag_set(device_ids=[device.pk], is_test=False, by=admin_erin) == 1
+    device.refresh_from_db()
+    assert not device.is_test
+    assert AuditEvent.objects.filter(actor=admin_erin, action="device_test_flag_set").count() == 2
 
 
 def test_registering_again_without_the_opt_in_keeps_the_one_reported(ingest, app):
