@@ -35,6 +35,10 @@ class ApprovalSubject:
     # (subjects, a queryset) -> those whose work an approver sent back still waits for its author
     # (a journey's draft thrown away leaves nothing to submit again); None: every one still to send
     awaiting_author: Callable[..., models.QuerySet] | None = None
+    # (subject, request) -> whether what an approval would freeze differs from what ``request`` was
+    # submitted as (its content edited meanwhile, say): the approval would be refused, and the review
+    # says so before the approver reads it, offering only to ask for changes; None: never said
+    changed_since_submitted: Callable[..., bool] | None = None
 
 
 _SUBJECTS: dict[str, ApprovalSubject] = {}

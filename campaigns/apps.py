@@ -79,5 +79,6 @@ class CampaignsConfig(AppConfig):
                 references=campaign_references,
                 referenced_models=frozenset({"delivery.app", "audiences.segment", "delivery.pushcontent"}),
                 zoned=lambda campaign, value: zoned(value, campaign.time_zone),
+                changed_since_submitted=lambda campaign, request: not campaign.submitted_as(request.fingerprint),
             ),
         )

@@ -365,6 +365,13 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
         # Read before the review is drawn: a save landing while it is drawn makes the page show more
         # than the mark, and the approval is refused, never the other way round.
         read_mark = handler.read_mark(subject) if handler.read_mark is not None and allowed and not decided else ""
+        # Changed since it was submitted: its approval would be refused; said before it is read.
+        changed = (
+            allowed
+            and not decided
+            and handler.changed_since_submitted is not None
+            and handler.changed_since_submitted(subject, approval)
+        )
         if request.method == "POST" and not decided:
             if form.is_valid():
                 comment = form.cleaned_data["comment"]
@@ -409,6 +416,7 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
             "review": handler.review_html(subject, request=approval, user=request.user),
             "form": form,
             "may_decide": allowed,
+            "changed_since_submitted": changed,
             "read_mark": read_mark,
             "moved": _moved_between(approval, subject),
             "reason": reason,
