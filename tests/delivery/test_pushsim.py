@@ -1,5 +1,6 @@
 """The push simulator refuses what APNs and FCM refuse, and is controlled and watched over HTTP."""
 
+import io
 import json
 import re
 import ssl
@@ -410,3 +411,23 @@ def test_the_phone_page_says_its_times_are_utc(pushsim, transport, apns_credenti
     assert re.search(r'<div class="clock">\d\d:\d\d</div><div class="zone">UTC</div>', page), page
     card = page.split('<div class="card"')[1]
     assert re.search(r"<span>\d\d:\d\d:\d\d UTC</span>", card), card
+
+
+@pytest.mark.parametrize("option", ["--port", "--sandbox-port"])
+def test_pushsim_on_a_port_already_in_use_says_which_option_in_one_line(option):
+    """asyncio's refusal to listen ended the command in a traceback."""
+    import socket
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--port": "0", "--sandbox-port": "0", option: str(port)}
+        with pytest.raises(CommandError) as refused:
+            call_command("pushsim", *(f"{name}={value}" for name, value in ports.items()), stdout=io.StringIO())
+    assert str(refused.value) == (
+        f"{option} {port}: 127.0.0.1:{port} is in use: stop what listens there, or choose another {option}"
+    )

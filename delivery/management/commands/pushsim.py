@@ -30,6 +30,26 @@ _seconds = command_number("number of seconds", give="0 or more")
 _streams = command_number("count of streams", give="0 (never) or more")
 
 
+def _listen_refused(exc: OSError, options: dict) -> str:
+    """Which option's port the simulator could not listen on, and what to do, in one line."""
+    import errno
+    import re
+
+    host, port = options["host"], None
+    found = re.search(r"\('([^']*)', (\d+)\)", str(exc))
+    if found:
+        host, port = found[1], int(found[2])
+    ports = {"--port": options["port"], "--sandbox-port": options["sandbox_port"]}
+    if options["tls"]:
+        ports |= {"--tls-port": options["tls_port"], "--sandbox-tls-port": options["sandbox_tls_port"]}
+    option = next((name for name, value in ports.items() if port is not None and value == port), None)
+    if option is None:
+        return f"the simulator cannot listen on {host} ({exc.strerror or exc}): check --host and the ports"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{option} {port}: {host}:{port} is in use: stop what listens there, or choose another {option}"
+    return f"{option} {port}: the simulator cannot listen on {host}:{port} ({exc.strerror or exc}): choose another {option} or --host"
+
+
 class Command(BaseCommand):
     help = "Run the push simulator (fake APNs + FCM) until Ctrl-C."
 
@@ -86,7 +106,11 @@ class Command(BaseCommand):
         loader = trust_loader(sim.state, trust_file_path())
         loader()
         sim.state.trust_file_loader = loader
-        sim.start()
+        try:
+            sim.start()
+        except OSError as exc:  # a port taken, an address not this machine's: asyncio's traceback said it
+            sim.stop()
+            raise CommandError(_listen_refused(exc, o)) from None
         self.stdout.write(f"Push simulator: {sim.url()}/ (phones), APNs production {sim.apns_url('production')}")
         self.stdout.write(f"  APNs sandbox {sim.apns_url('sandbox')}, FCM {sim.fcm_url()}, token URI {sim.token_uri}")
         if o["tls"]:
