@@ -438,17 +438,18 @@ def test_a_user_granted_the_campaign_but_not_its_app_may_not_trigger_it(live_tri
     assert client.get(f"/api/v1/deliveries/{delivery['id']}/").status_code == 200
 
 
-def test_a_body_that_is_not_an_object_is_refused_as_the_body_and_format_is_no_parameter(
+def test_a_body_that_is_not_an_object_is_refused_as_the_body_and_an_unknown_format_is_400(
     live_trigger, trigger_client, manager_alice, api_key_for
 ):
     """The whole body's error names no field (``null``, as the error schema says), not DRF's
-    ``non_field_errors``; ``?format=`` is no parameter of the API (a list ignores it, a trigger
-    answers as always, on either path), never DRF's 404 for an unknown format."""
+    ``non_field_errors``; a ``?format=`` the API does not answer in is refused naming it (a list,
+    a trigger on either path: nothing sent), never DRF's 404 for an unknown format."""
     for path in (_url(live_trigger), "/api/v1/profiles/", "/api/v1/devices/"):
         answer = api_key_for(manager_alice, scopes=["trigger", "ingest", "read"]).post(path, [1], format="json")
         assert answer.status_code == 400, (path, answer.content)
         assert [e["field"] for e in answer.json()["errors"]] == [None], (path, answer.json())
-    assert trigger_client.get("/api/v1/campaigns/", {"format": "csv"}).status_code == 200
+    listed = trigger_client.get("/api/v1/campaigns/", {"format": "csv"})
+    assert listed.status_code == 400 and [e["field"] for e in listed.json()["errors"]] == ["format"]
     ProfileFactory(external_id="zoe")
     for content_type in ("application/json", "application/json; x=1"):  # the API's route, then DRF's view
         answer = trigger_client.post(
@@ -456,7 +457,15 @@ def test_a_body_that_is_not_an_object_is_refused_as_the_body_and_format_is_no_pa
             '{"recipients": [{"external_id": "zoe"}]}',
             content_type=content_type,
         )
+        assert answer.status_code == 400, (content_type, answer.content)
+        assert [e["field"] for e in answer.json()["errors"]] == ["format"]
+        answer = trigger_client.post(
+            _url(live_trigger) + "?format=json",
+            '{"recipients": [{"external_id": "zoe"}]}',
+            content_type=content_type,
+        )
         assert answer.status_code == 202, (content_type, answer.content)
+    assert Dispatch.objects.count() == 1
 
 
 def test_same_key_on_another_campaign_is_422_naming_the_campaign_it_triggered(
