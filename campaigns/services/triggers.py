@@ -102,10 +102,13 @@ def _payload_problem(spec: dict, *, profile: dict, context: dict, source: str = 
     return None
 
 
-def _recipient_problem(spec: dict, *, index: int, profile: dict, context: dict) -> tuple[str, str] | None:
+def _recipient_problem(
+    spec: dict, *, index: int, profile: dict, context: dict, own_context: bool = True
+) -> tuple[str, str] | None:
     """The field and the words of what is wrong with one recipient's message, if anything: their
-    context when it makes the payload too large or unrenderable, the recipient themselves when
-    their profile alone makes it too large (no context they send could help)."""
+    context when it makes the payload too large or unrenderable (the call's shared ``context``
+    when they sent none of their own: it alone made it so), the recipient themselves when their
+    profile alone makes it too large (no context they send could help)."""
     from liquid.exceptions import LiquidError
 
     from delivery.payloads import APNS_LIMIT, FCM_LIMIT, payload_sizes
@@ -113,15 +116,16 @@ def _recipient_problem(spec: dict, *, index: int, profile: dict, context: dict) 
     problem = _payload_problem(spec, profile=profile, context=context)
     if problem is None:
         return None
+    context_field = f"recipients[{index}].context" if own_context else "context"
     try:
         apns, fcm = payload_sizes(spec, profile=profile, context={})
     except LiquidError:  # it fails without the context too: which of the two is at fault is not known
-        return f"recipients[{index}].context", problem
+        return context_field, problem
     if apns > APNS_LIMIT or fcm > FCM_LIMIT:
         return f"recipients[{index}]", _payload_problem(
             spec, profile=profile, context={}, source="this recipient's profile"
         )
-    return f"recipients[{index}].context", problem
+    return context_field, problem
 
 
 @dataclass
@@ -482,7 +486,8 @@ def campaign_trigger(
     Raises Http404 outside the user's access, PermissionDenied without the role, TriggerRefused
     when the campaign is not a live API-triggered one or its approved content no longer passes
     the send's checks, ValidationError naming
-    ``recipients[i].context`` when a context makes the payload too large or unrenderable,
+    ``recipients[i].context`` when a context makes the payload too large or unrenderable (the
+    shared ``context`` when that recipient sent none),
     ``recipients[i]`` when that recipient's profile alone makes it too large, or
     ``context.campaign`` (``recipients[i].context.campaign``) when a context names what the
     campaign gives itself (``_context_check``).
@@ -529,7 +534,13 @@ def campaign_trigger(
         if variant == 0:
             problem = None  # the holdout gets nothing: its row records the skip
         elif entry.personalized:
-            problem = _recipient_problem(entry.spec_of(variant), index=index, profile=profile, context=merged)
+            problem = _recipient_problem(
+                entry.spec_of(variant),
+                index=index,
+                profile=profile,
+                context=merged,
+                own_context=bool(recipient.get("context")),
+            )
         else:
             problem = entry.variant_problems.get(variant) if variant else entry.payload_problem
             problem = problem and (f"recipients[{index}].context", problem)

@@ -217,6 +217,24 @@ def test_context_too_large_for_the_payload_is_refused_naming_it(live_trigger, tr
     assert not Dispatch.objects.exists()
 
 
+@pytest.mark.parametrize("campaign", ["live_trigger", "context_trigger", "lookup_trigger"])
+def test_a_shared_context_too_large_for_the_payload_is_refused_naming_it(campaign, trigger_client, request):
+    """The shared context was named as each recipient's own (``recipients[0].context``), which they did not send."""
+    campaign = request.getfixturevalue(campaign)
+    ProfileFactory(external_id="zoe")
+    ProfileFactory(external_id="yan")
+    response = trigger_client.post(
+        _url(campaign),
+        {"recipients": [{"external_id": "zoe"}, {"external_id": "yan"}], "context": {"order_id": "x" * 5000}},
+        format="json",
+    )
+    assert response.status_code == 400, response.content[:300]
+    (error,) = response.json()["errors"]
+    assert error["field"] == "context"
+    assert "over the 4096-byte limit" in error["detail"]
+    assert not Dispatch.objects.exists()
+
+
 def test_a_context_value_that_breaks_a_filter_is_refused_naming_it(
     pushsim_app, manager_alice, approver_bob, trigger_client
 ):
