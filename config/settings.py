@@ -235,6 +235,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
     "accounts.middleware.RefuseNulMiddleware",
+    # Before anything reads a multipart body: it watches the parts' headers as the body is read.
+    "accounts.middleware.UnreadablePartsMiddleware",
     "accounts.api_route.ApiRouteMiddleware",
     # After the API's own route: a routed call (a trigger, an events call) reads no session.
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -668,6 +670,10 @@ PUSHDESK_SEND_TASKS = _env_int("PUSHDESK_SEND_TASKS", Q_CLUSTER["workers"], mini
 # default 100 connections than the workers, and more cores than a database server spares for it.
 PUSHDESK_RESOLVE_SLICES = _env_int("PUSHDESK_RESOLVE_SLICES", 2, minimum=1, maximum=16)
 PUSHDESK_RESOLVE_SLICE_PROFILES = _env_int("PUSHDESK_RESOLVE_SLICE_PROFILES", 100_000, minimum=1)
+# The most active test devices a test send goes to: a test send is content not yet approved, and
+# one to a test list grown to thousands of phones would be a campaign nobody approved. Past it,
+# the test is refused, saying how many the app has.
+PUSHDESK_TEST_SEND_MAX_DEVICES = _env_int("PUSHDESK_TEST_SEND_MAX_DEVICES", 50, minimum=1, maximum=10_000)
 # Rows still `sending` after this many seconds become `unknown` (never re-sent).
 PUSHDESK_SEND_LEASE_SECONDS = _env_int("PUSHDESK_SEND_LEASE_SECONDS", 120, minimum=1)
 # Attempts per delivery (first send + retries of transient failures), and the backoff base.

@@ -127,6 +127,7 @@ BAD_VALUES = {
     "PUSHDESK_SEND_TASK_SECONDS": "",  # replaced below: an empty value means the default
     "PUSHDESK_SEND_TIMEOUT_SECONDS": "nan",
     "PUSHDESK_TASKS_SYNC": "sometimes",
+    "PUSHDESK_TEST_SEND_MAX_DEVICES": "fifty",
     "PUSHDESK_TRIGGER_RATE_PER_KEY": "-1",
     "PUSHDESK_TRUSTED_PROXIES": "one",
     "PUSHDESK_URL_SCHEMES": "https,",

@@ -211,16 +211,8 @@ def dispatch_create(
         spec_validate(variant["spec"])
     if kind != Dispatch.Kind.TEST and segment_id is None and profile_ids is None:
         raise ValidationError({"audience": "A dispatch needs a segment or a list of profiles."})
-    if kind == Dispatch.Kind.TEST and not Device.objects.filter(app_id=app_id, is_test=True, active=True).exists():
-        # Said now: a test send to nobody would complete at once and read as sent. The app is named
-        # as the content's page names it: by number to a sender granted the content alone.
-        named = f"'{app}'" if visible_named(by, App, [app.pk]) else numbered("app", app.pk)
-        raise ValidationError(
-            {
-                "audience": f"{named} has no active test device: an Administrator marks a device of the app as a "
-                "test device (Devices → Mark as test devices), then send the test."
-            }
-        )
+    if kind == Dispatch.Kind.TEST:
+        _test_devices_check(app, by)
     with transaction.atomic():
         dispatch = Dispatch.objects.create(
             app=app,
@@ -246,6 +238,34 @@ def dispatch_create(
         audit(actor=by, action="dispatch_created", obj=dispatch, summary={"kind": kind, "source_id": source_id})
         _enqueue_on_commit("delivery.tasks.dispatch_prepare_task", dispatch.pk)
     return dispatch
+
+
+def _test_devices_check(app: App, by: User | None) -> None:
+    """Raise ValidationError (on ``audience``) when a test send of ``app`` would reach no phone, or
+    more than ``PUSHDESK_TEST_SEND_MAX_DEVICES``: a test is content not yet approved, and one to
+    a test list grown to thousands of phones would be a campaign nobody approved."""
+    cap = settings.PUSHDESK_TEST_SEND_MAX_DEVICES
+    # Counted through the (app, is_test) index, no further than one past the cap.
+    reached = Device.objects.filter(app=app, is_test=True, active=True)[: cap + 1].count()
+    if 0 < reached <= cap:
+        return
+    # The app is named as the content's page names it: by number to a sender granted the content alone.
+    named = f"'{app}'" if visible_named(by, App, [app.pk]) else numbered("app", app.pk)
+    if not reached:  # a test send to nobody would complete at once and read as sent
+        raise ValidationError(
+            {
+                "audience": f"{named} has no active test device: an Administrator marks a device of the app as a "
+                "test device (Devices → Mark as test devices), then send the test."
+            }
+        )
+    counted = Device.objects.filter(app=app, is_test=True, active=True).count()
+    raise ValidationError(
+        {
+            "audience": f"{named} has {counted} active test devices, more than a test send reaches ({cap}, "
+            "PUSHDESK_TEST_SEND_MAX_DEVICES): an Administrator unmarks the phones not used for tests (Devices → "
+            "Unmark as test devices), then send the test. Nothing was sent."
+        }
+    )
 
 
 def _enqueue_on_commit(func: str, *args) -> None:

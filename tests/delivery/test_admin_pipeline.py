@@ -212,6 +212,24 @@ def test_a_content_granted_alone_names_no_app_its_reader_may_not_see(client, man
 
 
 @pytest.mark.presses("delivery.pushcontent:send_test")
+def test_a_test_send_to_more_test_devices_than_the_cap_is_refused_saying_how_many(client, manager_alice, app, settings):
+    """A test send is unapproved content: one to a test list grown to thousands of phones would be
+    a campaign nobody approved. Past PUSHDESK_TEST_SEND_MAX_DEVICES it is refused, nothing sent."""
+    settings.PUSHDESK_TEST_SEND_MAX_DEVICES = 2
+    content = PushContentFactory(app=app)
+    testers = [DeviceFactory(app=app, is_test=True) for _ in range(3)]
+    DeviceFactory(app=app, is_test=True, active=False)  # a dead phone gets nothing: not counted
+    client.force_login(manager_alice)
+    said = _messages(_send_test(client, [content.pk], post="yes"))
+    assert "has 3 active test devices, more than a test send reaches (2, PUSHDESK_TEST_SEND_MAX_DEVICES)" in said
+    assert not Dispatch.objects.exists()
+    testers[0].is_test = False
+    testers[0].save(update_fields=["is_test"])
+    assert "test sent" in _messages(_send_test(client, [content.pk], post="yes"))
+    assert Dispatch.objects.filter(kind=Dispatch.Kind.TEST).count() == 1
+
+
+@pytest.mark.presses("delivery.pushcontent:send_test")
 def test_a_test_send_refused_for_want_of_test_devices_names_no_app_its_presser_may_not_see(
     client, manager_alice, manager_mallory
 ):
