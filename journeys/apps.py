@@ -41,6 +41,7 @@ class JourneysConfig(AppConfig):
         from journeys.services.entries import journeys_on_events, journeys_profiles_deleting
         from journeys.services.lifecycle import (
             journey_approve,
+            journey_changed_since_submitted,
             journey_gate,
             journey_read_mark,
             journey_request_changes,
@@ -80,5 +81,6 @@ class JourneysConfig(AppConfig):
                 referenced_models=frozenset({"delivery.app", "audiences.segment", "delivery.pushcontent"}),
                 zoned=lambda journey, value: zoned(value, "UTC"),  # a journey has no zone of its own
                 awaiting_author=journeys_with_a_draft,
+                changed_since_submitted=journey_changed_since_submitted,
             ),
         )

@@ -259,6 +259,19 @@ def journey_read_mark(journey: Journey) -> str:
     return version_fingerprint(version) if version is not None else ""
 
 
+def journey_changed_since_submitted(journey: Journey, request) -> bool:
+    """Does its version in review differ from what ``request`` (its approval request) was submitted
+    as, as ``journey_approve`` checks it (a push's content edited meanwhile, say)? Its approval would
+    be refused. False when no version is in review."""
+    version = journey.versions.filter(status=VStatus.IN_REVIEW).first()
+    if version is None:
+        return False
+    if request.fingerprint == version_fingerprint(version):
+        return False
+    # Submitted before approvals covered the segments: approved now, it covers them as they are.
+    return request.fingerprint != version.fingerprint(content_fingerprints=_content_fingerprints(version))
+
+
 def version_fingerprint(version: JourneyVersion) -> str:
     """What an approval of this version covers, with the push contents and the segments as they are now."""
     return version.fingerprint(
