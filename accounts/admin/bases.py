@@ -4,6 +4,7 @@ filter and a filter by how long ago."""
 import contextvars
 import datetime as dt
 import functools
+import re
 
 from django import forms
 from django.contrib import admin, messages
@@ -351,6 +352,34 @@ class BoundedLookupsMixin:
         return super().lookup_allowed(lookup, value, request)
 
 
+UNREADABLE_TEXT = (
+    "Holds bytes that are not UTF-8 (or U+FFFD, the sign that stands for them), which would be saved as "
+    "that sign: send the text in UTF-8."
+)
+
+
+class ReadableTextForm:
+    """A form mixin refusing, under its field, a text value holding U+FFFD: what Django reads bytes
+    that are not UTF-8 as, in a urlencoded or a multipart body alike (its 'replace' handler), which
+    the form would otherwise save in place of what was sent. The API refuses them as its parsers
+    read the body (``accounts.parsers``). A split widget's parts (``schedule_0``) count as its
+    field's."""
+
+    def full_clean(self):
+        super().full_clean()
+        if not self.is_bound or not hasattr(self, "cleaned_data"):
+            return
+        getlist = getattr(self.data, "getlist", None)
+        for name in list(self.fields):
+            key = self.add_prefix(name)
+            parts = re.compile(rf"{re.escape(key)}(?:_\d+)?")
+            for sent in self.data:
+                values = getlist(sent) if getlist else [self.data[sent]]
+                if parts.fullmatch(sent) and any(isinstance(v, str) and "\ufffd" in v for v in values):
+                    self.add_error(name, UNREADABLE_TEXT)
+                    break
+
+
 class AccessAdmin(BoundedLookupsMixin, AdminAuditMixin, admin.ModelAdmin):
     """An admin whose object pages answer 404 for an object outside ``get_queryset``, before any permission check.
 
@@ -384,6 +413,14 @@ class AccessAdmin(BoundedLookupsMixin, AdminAuditMixin, admin.ModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return BoundedDateChangeList
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        return self.form_reading_text(request, super().get_form(request, obj, change=change, **kwargs))
+
+    def form_reading_text(self, request, form: type[forms.BaseForm]) -> type[forms.BaseForm]:
+        """``form``, refusing text Django read from bytes that are not UTF-8 (``ReadableTextForm``):
+        every page's form goes through it, one an admin builds apart from ``get_form`` too."""
+        return type(form.__name__, (ReadableTextForm, form), {"__module__": form.__module__})
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         # Django's note counts the fields in error, not the errors: two errors on one field (two

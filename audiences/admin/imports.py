@@ -228,7 +228,7 @@ class ImportAdmin(AccessAdmin):
                     kw["user"] = user
                     super().__init__(*args, **kw)
 
-            return BoundForm
+            return self.form_reading_text(request, BoundForm)
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fields(self, request, obj=None):

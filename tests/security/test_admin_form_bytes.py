@@ -1,0 +1,65 @@
+"""Bytes that are not UTF-8 in an admin form's text (a urlencoded or multipart body with \\xff in a
+value): Django reads them with its 'replace' handler, as U+FFFD, which would be saved as the text.
+The form refuses them under the field they were sent for, and saves nothing (the API refuses them
+too: ``accounts.parsers``)."""
+
+import re
+from urllib.parse import quote_plus
+
+import pytest
+from django.test.client import BOUNDARY, encode_multipart
+
+from tests.pages import page_form
+
+PAGES = [
+    "/admin/delivery/pushcontent/add/",
+    "/admin/campaigns/campaign/add/",
+    "/admin/audiences/segment/add/",
+    "/admin/audiences/import/add/",
+]
+MARK = "undecodable-value"
+
+
+def _urlencoded(data: dict[str, list[str]], name: str) -> str:
+    return "&".join(
+        f"{quote_plus(key)}={'caf%FF' if key == name else quote_plus(value)}"
+        for key, values in data.items()
+        for value in values
+    )
+
+
+def _multipart(data: dict[str, list[str]], name: str) -> bytes:
+    body = encode_multipart(BOUNDARY, {**data, name: [MARK]})
+    return body.replace(MARK.encode(), b"caf\xff")
+
+
+def _field_of(form, name: str) -> str | None:
+    """The form field an input named ``name`` belongs to (a split widget's ``schedule_0``: ``schedule``)."""
+    for field in form.fields:
+        key = form.add_prefix(field)
+        if re.fullmatch(rf"{re.escape(key)}(?:_\d+)?", name):
+            return field
+    return None
+
+
+@pytest.mark.parametrize("url", PAGES)
+@pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
+def test_a_text_field_given_bytes_that_are_not_utf8_is_refused_under_its_name(client, world, admin_erin, url, encoding):
+    client.force_login(admin_erin)
+    shown = page_form(client.get(url).content.decode())
+    probed = []
+    for name in sorted(shown.texts):
+        if encoding == "urlencoded":
+            answer = client.post(url, _urlencoded(shown.data, name), content_type="application/x-www-form-urlencoded")
+        else:
+            answer = client.post(
+                url, _multipart(shown.data, name), content_type=f"multipart/form-data; boundary={BOUNDARY}"
+            )
+        assert answer.status_code == 200, (name, answer.status_code)  # answered again, not saved
+        form = answer.context["adminform"].form
+        field = _field_of(form, name)
+        if field is None:
+            continue  # an input no field of the form reads
+        assert any("not UTF-8" in message for message in form.errors.get(field, [])), (name, form.errors)
+        probed.append(name)
+    assert len(probed) >= 2, probed
