@@ -248,6 +248,8 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
         sample = test.sample_dispatch
         if sample is not None and sample.status in Dispatch.RUNNING_STATUSES:
             return None  # the wait starts over the sample's figures: let it finish
+        if sample is not None and _sample_answers_may_come(sample, now):
+            return None  # a slow worker's answers would change the figures: let them land
         unsent = _sample_unsent(sample)
         if not unsent and test.due_at > now:
             return None
@@ -333,6 +335,22 @@ def winner_pick(*, campaign_id: int, now: dt.datetime | None = None) -> WinnerTe
             summary={"winner": variant_label(test.winner) if test.winner else None, "reason": test.reason},
         )
     return test
+
+
+def _sample_answers_may_come(sample, now: dt.datetime) -> bool:
+    """Whether answers may still land on sample rows the watchdog ended ``unknown`` as their lease
+    ran out (a worker slow, not dead: ``deliveries_write_back`` writes them late): until a send
+    task's time limit after the last of them ended, when the queue has killed any worker still
+    holding them. False once none is left so (the answers came)."""
+    from django.db.models import Max
+
+    from delivery.models import Delivery
+    from delivery.services.dispatches import _task_timeout
+
+    last = Delivery.objects.filter(
+        Delivery.of_dispatches([sample.pk]), status=Delivery.Status.UNKNOWN, reason="lease_expired"
+    ).aggregate(last=Max("finished_at"))["last"]
+    return last is not None and now < last + dt.timedelta(seconds=_task_timeout())
 
 
 def _sample_unsent(sample) -> str:

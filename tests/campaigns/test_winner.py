@@ -784,3 +784,71 @@ def test_a_goal_no_winner_is_picked_by_stays_a_report_setting(shop, contents, ma
     assert campaign.conversion_event == "open_app"
     line = AuditEvent.objects.filter(object_id=str(campaign.pk)).latest("id")
     assert line.action == "campaign_conversion_set"
+
+
+def test_the_pick_waits_for_the_late_answers_of_a_sample_the_watchdog_ended_unknown(
+    shop, contents, manager_alice, approver_bob
+):
+    """A slow worker's lease ran out while the provider held the sample's pushes: the watchdog ended
+    its rows unknown and the sample failed (none accepted), with no wait to sit out. The pick does
+    not judge the variants on none accepted while the worker's answers may still come (a send task's
+    time): it waits for them, and picks on what they say."""
+    from delivery.services.claims import Result, deliveries_claim, deliveries_write_back
+    from delivery.services.dispatches import deliveries_expire_leases
+
+    _phones(40, shop)
+    campaign = _approve(
+        _campaign(manager_alice, shop, contents, winner=WinnerInput(sample_share=40, wait_minutes=0)),
+        manager_alice,
+        approver_bob,
+    )
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    dispatch_prepare(dispatch_id=occurrence.dispatch_id)
+    claimed = deliveries_claim(occurrence.dispatch_id, limit=1000, now=T0)
+    expired_at = T0 + dt.timedelta(minutes=5)
+    assert deliveries_expire_leases(now=expired_at) == len(claimed) > 0
+    _ended_on_the_tests_clock(occurrence.dispatch_id, expired_at)
+    sample = Dispatch.objects.get(pk=occurrence.dispatch_id)
+    assert (sample.status, sample.accepted) == ("failed", 0)
+
+    assert campaigns_tick(now=expired_at + dt.timedelta(minutes=1))["winners"] == 0
+    assert WinnerTest.objects.get(campaign=campaign).outcome == "waiting"
+
+    deliveries_write_back(
+        sample.pk,
+        [Result(row.id, "accepted", provider_id=f"late-{row.id}") for row in claimed],
+        now=expired_at + dt.timedelta(minutes=1),
+        platforms={row.id: row.platform for row in claimed},
+        claims={row.id: row.attempts for row in claimed},
+    )
+    assert campaigns_tick(now=expired_at + dt.timedelta(minutes=2))["winners"] == 1
+    test = WinnerTest.objects.get(campaign=campaign)
+    assert sum(f["trials"] for f in test.figures) == len(claimed)
+
+
+def test_the_pick_of_a_sample_whose_late_answers_never_came_waits_a_send_tasks_time_at_most(
+    shop, contents, manager_alice, approver_bob, settings
+):
+    from delivery.services.claims import deliveries_claim
+    from delivery.services.dispatches import deliveries_expire_leases
+
+    _phones(20, shop)
+    campaign = _approve(
+        _campaign(manager_alice, shop, contents, winner=WinnerInput(sample_share=40, wait_minutes=0)),
+        manager_alice,
+        approver_bob,
+    )
+    (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)
+    dispatch_prepare(dispatch_id=occurrence.dispatch_id)
+    assert deliveries_claim(occurrence.dispatch_id, limit=1000, now=T0)
+    assert deliveries_expire_leases(now=T0)
+    _ended_on_the_tests_clock(occurrence.dispatch_id, T0)
+    task = settings.PUSHDESK_SEND_TASK_SECONDS + settings.PUSHDESK_SEND_LEASE_SECONDS
+    assert campaigns_tick(now=T0 + dt.timedelta(seconds=task - 1))["winners"] == 0
+    assert campaigns_tick(now=T0 + dt.timedelta(seconds=task + 1))["winners"] == 1
+    assert WinnerTest.objects.get(campaign=campaign).outcome == "fallback"  # none accepted: no winner
+
+
+def _ended_on_the_tests_clock(dispatch_id: int, when: dt.datetime) -> None:
+    """The watchdog stamps the rows it ends by the database's clock; this test's runs at ``when``."""
+    Delivery.objects.filter(dispatch_id=dispatch_id, reason="lease_expired").update(finished_at=when)
