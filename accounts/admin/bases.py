@@ -535,9 +535,11 @@ def action_asked_again(
     return TemplateResponse(request, "admin/action_confirm.html", context)
 
 
-def asks_again(*, verb: str, consequences: list[str], once: str = ""):
+def asks_again(*, verb: str, consequences, once: str = ""):
     """A list action that cannot be undone, asked again first (``action_asked_again``): put it under
-    ``@admin.action``; the action runs once the page's Yes is posted.
+    ``@admin.action``; the action runs once the page's Yes is posted. ``consequences``: the lines
+    the question says, or a function of (model admin, request, queryset) returning them (what the
+    chosen objects would reach, counted when asked).
 
     With ``once``, the name of the admin's method answering a Yes posted again, the action acts once
     per question drawn (a secret shown once, a test send: a reload or a double click must not act
@@ -551,7 +553,8 @@ def asks_again(*, verb: str, consequences: list[str], once: str = ""):
         @functools.wraps(action)
         def run(model_admin, request, queryset):
             purpose = f"{model_admin.model._meta.label_lower}:{action.__name__}"
-            asking = {"action": action.__name__, "verb": verb, "consequences": consequences}
+            said = consequences(model_admin, request, queryset) if callable(consequences) else consequences
+            asking = {"action": action.__name__, "verb": verb, "consequences": said}
             if once:
                 subject = form_token_subject(queryset.values_list("pk", flat=True))
                 asking["form_token"] = form_token_issue(user=request.user, purpose=purpose, subject=subject)

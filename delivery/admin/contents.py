@@ -6,8 +6,10 @@ import threading
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Count
 from django.db.models.deletion import ProtectedError
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed
+from django.template.defaultfilters import pluralize
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst
@@ -31,7 +33,7 @@ from audiences.models import Profile
 from audiences.selectors import audience_attribute_names
 from config.db import deletion_counts
 from config.labels import numbered
-from delivery.models import App, Dispatch, PushContent
+from delivery.models import App, Device, Dispatch, PushContent
 from delivery.payloads import (
     data_shape_check,
     message_render,
@@ -512,13 +514,32 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         finally:
             _current.request = None
 
+    def test_send_reach(self, request, queryset) -> list[str]:
+        """What Send a test says it does: to whom, and how many phones it reaches (each content's
+        app's active test devices, counted now: one QA phone and a thousand phones read alike)."""
+        apps = list(queryset.values_list("app_id", flat=True))
+        per_app = dict(
+            Device.objects.filter(app_id__in=set(apps), is_test=True, active=True)
+            .values("app_id")
+            .annotate(n=Count("pk"))
+            .values_list("app_id", "n")
+        )
+        phones = sum(per_app.get(app_id, 0) for app_id in apps)
+        reach = (
+            f"It reaches {phones} phone{pluralize(phones)}: the active test devices of its app."
+            if len(apps) == 1
+            else f"They reach {phones} phone{pluralize(phones)} in all: each its app's active test devices."
+        )
+        return [
+            "Each is sent as it is now, approved or not, to its app's test devices alone; the next page links "
+            "each test send, to follow what each device got.",
+            reach,
+        ]
+
     @admin.action(description="Send a test to the app's test devices", permissions=["test_send"])
     @asks_again(
         verb="Send a test of",
-        consequences=[
-            "Each is sent as it is now, approved or not, to its app's test devices alone; the next page links "
-            "each test send, to follow what each device got."
-        ],
+        consequences=test_send_reach,
         once="test_sent_again",  # a double click on Yes sends once
     )
     def send_test(self, request, queryset):

@@ -212,6 +212,26 @@ def test_a_content_granted_alone_names_no_app_its_reader_may_not_see(client, man
 
 
 @pytest.mark.presses("delivery.pushcontent:send_test")
+def test_send_a_test_asks_first_saying_how_many_phones_it_reaches(client, manager_alice, app):
+    """Its question said "its app's test devices" whether that was one QA phone or a thousand
+    customers' phones: it says how many phones each test send reaches (active test devices)."""
+    other = AppFactory()
+    access_grant(obj=other, to=manager_alice, by=None)
+    first, second = PushContentFactory(app=app), PushContentFactory(app=other)
+    for device_app, count in ((app, 3), (other, 1)):
+        for _ in range(count):
+            DeviceFactory(app=device_app, is_test=True)
+    DeviceFactory(app=app, is_test=True, active=False)  # a dead phone gets nothing: not counted
+    DeviceFactory(app=app)  # not a test device
+    client.force_login(manager_alice)
+    page = _send_test(client, [first.pk]).content.decode()
+    assert "It reaches 3 phones: the active test devices of its app." in page
+    page = _send_test(client, [first.pk, second.pk]).content.decode()
+    assert "They reach 4 phones in all: each its app&#x27;s active test devices." in page
+    assert not Dispatch.objects.exists()
+
+
+@pytest.mark.presses("delivery.pushcontent:send_test")
 def test_a_test_send_to_more_test_devices_than_the_cap_is_refused_saying_how_many(client, manager_alice, app, settings):
     """A test send is unapproved content: one to a test list grown to thousands of phones would be
     a campaign nobody approved. Past PUSHDESK_TEST_SEND_MAX_DEVICES it is refused, nothing sent."""
