@@ -1,9 +1,12 @@
 """The project's middleware: requests no view could answer (a NUL character in the path or the
-query string), and Django's messages left out of the API.
+query string), the parts of a form Django leaves out unsaid (``UnreadablePartsMiddleware``), and
+Django's messages left out of the API.
 
 PostgreSQL text cannot hold NUL, so a lookup or filter with one fails inside the database
 driver. They are refused before any view runs: JSON for the API, plain text for the admin.
 """
+
+import re
 
 from django.contrib.messages.middleware import MessageMiddleware
 from django.http import HttpResponseBadRequest, HttpResponseNotFound, JsonResponse
@@ -35,6 +38,81 @@ class RefuseNulMiddleware:
                         status=400,
                     )
                 return HttpResponseBadRequest(f"{field}: {detail}", content_type="text/plain")
+        return self.get_response(request)
+
+
+# Django reads at most this much of a part's headers (``multipartparser.parse_boundary_stream``).
+_PART_HEADERS_READ = 1024
+_PART_NAME = re.compile(rb';\s*name="([^"]*)"', re.I)
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.I)
+
+
+class _PartHeadersWatch:
+    """A multipart body's stream, read as it is, noting the names of the parts whose headers are not
+    UTF-8 (``unreadable``): Django's parser skips each such header line, and with it the part (a
+    file whose name is not UTF-8), as though it had not been sent. Only the headers are looked at;
+    the body passes through in the chunks it is read in, never held."""
+
+    def __init__(self, stream, boundary: bytes):
+        self._stream = stream
+        self._marker = b"\r\n--" + boundary
+        self._pending = b"\r\n"  # the body opens on its first boundary, with no line before it
+        self.unreadable: list[str] = []
+
+    def read(self, *args, **kwargs):
+        chunk = self._stream.read(*args, **kwargs)
+        self._watch(chunk)
+        return chunk
+
+    def readline(self, *args, **kwargs):
+        line = self._stream.readline(*args, **kwargs)
+        self._watch(line)
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def _watch(self, chunk: bytes) -> None:
+        data, start = self._pending + chunk, 0
+        while True:
+            found = data.find(self._marker, start)
+            if found < 0:
+                self._pending = data[max(start, len(data) - len(self._marker) + 1) :]
+                return
+            head = found + len(self._marker)
+            end = data.find(b"\r\n\r\n", head)
+            if end < 0 and len(data) - head <= _PART_HEADERS_READ + 4:
+                self._pending = data[found:]  # the headers go on in the next chunk
+                return
+            if end >= 0:
+                self._note(data[head:end])
+            start = end if end >= 0 else head
+
+    def _note(self, headers: bytes) -> None:
+        try:
+            headers.decode()
+        except UnicodeDecodeError:
+            named = _PART_NAME.search(headers)
+            self.unreadable.append(named.group(1).decode(errors="replace") if named else "")
+
+
+class UnreadablePartsMiddleware:
+    """Note on the request (``request.unreadable_parts``) the names of a multipart body's parts whose
+    headers are not UTF-8, which Django leaves out of ``request.POST`` and ``request.FILES`` without
+    a word: a file whose name is not UTF-8 read "No file was submitted". Forms say it under the
+    field (``accounts.admin.bases.ReadableTextForm``)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        content_type = request.META.get("CONTENT_TYPE", "")
+        stream = getattr(request, "_stream", None)
+        boundary = _BOUNDARY.search(content_type) if content_type.lower().startswith("multipart/") else None
+        if boundary and stream is not None:
+            watch = _PartHeadersWatch(stream, boundary.group(1).encode("ascii", "replace"))
+            request._stream = watch
+            request.unreadable_parts = watch.unreadable
         return self.get_response(request)
 
 

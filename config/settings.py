@@ -235,6 +235,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
     "accounts.middleware.RefuseNulMiddleware",
+    # Before anything reads a multipart body: it watches the parts' headers as the body is read.
+    "accounts.middleware.UnreadablePartsMiddleware",
     "accounts.api_route.ApiRouteMiddleware",
     # After the API's own route: a routed call (a trigger, an events call) reads no session.
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -5,6 +5,7 @@ import contextvars
 import datetime as dt
 import functools
 import re
+from collections.abc import Sequence
 
 from django import forms
 from django.contrib import admin, messages
@@ -352,6 +353,10 @@ class BoundedLookupsMixin:
         return super().lookup_allowed(lookup, value, request)
 
 
+UNREADABLE_PART = (
+    "Sent with a name that is not UTF-8, which could not be read, and so left out: rename the file "
+    "(or send it from a system that writes names in UTF-8) and upload it again."
+)
 UNREADABLE_TEXT = (
     "Holds bytes that are not UTF-8 (or U+FFFD, the sign that stands for them), which would be saved as "
     "that sign: send the text in UTF-8."
@@ -363,16 +368,25 @@ class ReadableTextForm:
     that are not UTF-8 as, in a urlencoded or a multipart body alike (its 'replace' handler), which
     the form would otherwise save in place of what was sent. The API refuses them as its parsers
     read the body (``accounts.parsers``). A split widget's parts (``schedule_0``) count as its
-    field's."""
+    field's. A part Django left out, its header not UTF-8 (``unreadable_parts``: a file whose name
+    is not), is said so under its field, in place of "No file was submitted"."""
+
+    unreadable_parts: Sequence[str] = ()
 
     def full_clean(self):
         super().full_clean()
         if not self.is_bound or not hasattr(self, "cleaned_data"):
             return
         getlist = getattr(self.data, "getlist", None)
+        unsaid = set(self.unreadable_parts)
         for name in list(self.fields):
             key = self.add_prefix(name)
             parts = re.compile(rf"{re.escape(key)}(?:_\d+)?")
+            if key in unsaid:
+                unsaid.discard(key)
+                self._errors.pop(name, None)  # "This field is required": it was sent, unread
+                self.add_error(name, UNREADABLE_PART)
+                continue
             for sent in self.data:
                 values = getlist(sent) if getlist else [self.data[sent]]
                 if parts.fullmatch(sent) and any(isinstance(v, str) and "\ufffd" in v for v in values):
@@ -420,7 +434,10 @@ class AccessAdmin(BoundedLookupsMixin, AdminAuditMixin, admin.ModelAdmin):
     def form_reading_text(self, request, form: type[forms.BaseForm]) -> type[forms.BaseForm]:
         """``form``, refusing text Django read from bytes that are not UTF-8 (``ReadableTextForm``):
         every page's form goes through it, one an admin builds apart from ``get_form`` too."""
-        return type(form.__name__, (ReadableTextForm, form), {"__module__": form.__module__})
+        # The parts Django leaves out of the body for headers that are not UTF-8
+        # (``UnreadablePartsMiddleware``): the list itself, filled as the body is read.
+        attrs = {"__module__": form.__module__, "unreadable_parts": getattr(request, "unreadable_parts", ())}
+        return type(form.__name__, (ReadableTextForm, form), attrs)
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         # Django's note counts the fields in error, not the errors: two errors on one field (two

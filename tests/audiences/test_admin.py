@@ -595,6 +595,46 @@ def test_admin_import_refusal_is_shown_on_the_form(login, manager_alice, media):
     assert not Import.objects.exists()
 
 
+def _upload_body(filename: bytes, content: bytes) -> bytes:
+    """A multipart body with the import's fields and one file part named ``filename``, as sent."""
+    from django.test.client import BOUNDARY
+
+    fields = b"".join(
+        b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (BOUNDARY.encode(), name, value)
+        for name, value in ((b"encoding", b"utf-8"), (b"target", b"profiles"))
+    )
+    upload = (
+        b'--%s\r\nContent-Disposition: form-data; name="file"; filename="%s"\r\nContent-Type: text/csv\r\n\r\n%s\r\n'
+        % (BOUNDARY.encode(), filename, content)
+    )
+    return fields + upload + b"--%s--\r\n" % BOUNDARY.encode()
+
+
+def test_an_upload_whose_file_name_is_not_utf8_is_refused_saying_so(login, manager_alice, media):
+    """Django drops a part whose header it cannot read: the form said "No file was submitted"."""
+    from django.test.client import BOUNDARY
+
+    client = login(manager_alice)
+    content = b"external_id,plan\nann,pro\n"
+    answer = client.post(
+        "/admin/audiences/import/add/",
+        _upload_body(b"caf\xe9.csv", content),
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+    )
+    assert answer.status_code == 200
+    said = answer.context["adminform"].form.errors["file"]
+    assert "No file was submitted" not in " ".join(said)
+    assert any("not UTF-8" in message and "rename" in message for message in said), said
+    assert not Import.objects.exists()
+    # The same file, named in UTF-8, is taken.
+    answer = client.post(
+        "/admin/audiences/import/add/",
+        _upload_body("café.csv".encode(), content),
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+    )
+    assert answer.status_code == 302 and Import.objects.count() == 1
+
+
 def test_profile_and_event_search_is_by_exact_external_id(login, viewer_carol):
     ann = ProfileFactory(external_id="Ann-1")
     ProfileFactory(external_id="ann-1")
