@@ -258,14 +258,26 @@ def _test_devices_check(app: App, by: User | None) -> None:
                 "test device (Devices → Mark as test devices), then send the test."
             }
         )
-    counted = Device.objects.filter(app=app, is_test=True, active=True).count()
-    raise ValidationError(
-        {
-            "audience": f"{named} has {counted} active test devices, more than a test send reaches ({cap}, "
-            "PUSHDESK_TEST_SEND_MAX_DEVICES): an Administrator unmarks the phones not used for tests (Devices → "
-            "Unmark as test devices), then send the test. Nothing was sent."
-        }
+    raise ValidationError({"audience": f"{named} {_test_devices_too_many(app.pk)} Nothing was sent."})
+
+
+def _test_devices_too_many(app_id: int) -> str:
+    """What refuses a test send of ``app_id`` for its count of active test devices, past the cap."""
+    counted = Device.objects.filter(app_id=app_id, is_test=True, active=True).count()
+    return (
+        f"has {counted} active test devices, more than a test send reaches "
+        f"({settings.PUSHDESK_TEST_SEND_MAX_DEVICES}, PUSHDESK_TEST_SEND_MAX_DEVICES): an Administrator unmarks the "
+        "phones not used for tests (Devices → Unmark as test devices), then send the test."
     )
+
+
+def _test_devices_recheck(dispatch: Dispatch) -> None:
+    """Raise GateClosed when the test send's app has more active test devices than the cap now: it
+    was checked when the test was asked (``_test_devices_check``), and devices marked before its
+    resolve would have made it reach more."""
+    cap = settings.PUSHDESK_TEST_SEND_MAX_DEVICES
+    if Device.objects.filter(app_id=dispatch.app_id, is_test=True, active=True)[: cap + 1].count() > cap:
+        raise GateClosed(f"The app {_test_devices_too_many(dispatch.app_id)} Nothing was sent.")
 
 
 def _enqueue_on_commit(func: str, *args) -> None:
@@ -590,6 +602,8 @@ def dispatch_prepare(*, dispatch_id: int, send_inline: bool = False) -> bool:
         try:
             if check is not None and dispatch.segment_id is not None:
                 check(dispatch)
+            if dispatch.kind == Dispatch.Kind.TEST:
+                _test_devices_recheck(dispatch)
             # A segment's rules that no longer hold (saved before a check, or by a migration) are
             # refused as they are compiled, before any statement of the resolve runs.
             slices, leftovers = _resolve_slices(dispatch)

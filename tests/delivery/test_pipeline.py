@@ -702,6 +702,28 @@ def test_test_send_reaches_only_the_apps_test_devices(
     assert pushsim.state.count(tester.token) == 1 and pushsim.state.count(regular.token) == 0
 
 
+def test_a_test_send_whose_test_devices_grew_past_the_cap_before_its_resolve_is_refused_whole(
+    pushsim_app, pushsim, manager_alice, settings, django_capture_on_commit_callbacks
+):
+    """The cap is checked when the test is asked; devices marked before its worker resolves it
+    would have made it reach more than the cap. It fails saying why, before any row is written."""
+    from accounts.services import access_grant
+
+    settings.PUSHDESK_TEST_SEND_MAX_DEVICES = 2
+    access_grant(obj=pushsim_app, to=manager_alice, by=None)
+    content = PushContentFactory(app=pushsim_app)
+    testers = [DeviceFactory(app=pushsim_app, is_test=True, platform="ios") for _ in range(2)]
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = pushcontent_test_send(content_id=content.pk, by=manager_alice)
+    testers.append(DeviceFactory(app=pushsim_app, is_test=True, platform="ios"))  # marked meanwhile
+    dispatch_prepare(dispatch_id=dispatch.pk)
+    dispatch.refresh_from_db()
+    assert dispatch.status == "failed"
+    assert "3 active test devices, more than a test send reaches (2" in dispatch.error
+    assert not Delivery.objects.filter(dispatch=dispatch).exists()
+    assert all(pushsim.state.count(device.token) == 0 for device in testers)
+
+
 def test_viewer_cannot_send_a_test(pushsim_app, viewer_carol):
     from accounts.services import access_grant
 
