@@ -90,8 +90,8 @@ class DeviceInSerializer(serializers.Serializer):
     is_test = JsonBooleanField(
         required=False,
         help_text="A test device (it gets test sends, of drafts too): true only with a key of the test_devices scope "
-        "(403 insufficient_scope otherwise) whose user is an Administrator (403 insufficient_role otherwise). Left out: false for a new token; a known one keeps its own (the flag an "
-        "admin set).",
+        "(403 insufficient_scope otherwise) whose user is an Administrator (403 permission_denied otherwise). Left "
+        "out: false for a new token; a known one keeps its own (the flag an admin set).",
     )
 
     identity_hash = JsonCharField(
@@ -299,7 +299,7 @@ class DeviceRegisterView(IngestRateLimited, APIView):
             # The scope is not enough: the key acts with its user's role (``device_register`` checks it too).
             raise FieldRefused(
                 field="is_test",
-                code="insufficient_role",
+                code="permission_denied",  # the role's, as every refusal for want of one
                 detail="only an Administrator's key registers a test device (a test device gets test sends of "
                 "content not yet approved).",
             )

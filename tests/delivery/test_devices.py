@@ -123,7 +123,8 @@ def test_a_test_devices_key_of_a_manager_or_an_approver_registers_no_test_device
     tester = api_key_for(user, scopes=["ingest", "test_devices"])
     refused = register(tester, app, is_test=True)
     assert refused.status_code == 403
-    assert refused.json()["code"] == "insufficient_role"
+    assert refused.json()["code"] == "permission_denied"
+    assert refused.json()["errors"][0]["field"] == "is_test"
     assert refused.json()["detail"].startswith("is_test: only an Administrator's key"), refused.json()
     assert not Device.objects.exists()
     assert not Profile.objects.filter(external_id="user-1").exists()
