@@ -41,3 +41,20 @@ def test_check_of_known_apps_still_checks():
     from django.core.management import call_command
 
     call_command("check", "accounts", "delivery")
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("qinfo", ["task queue", "PUSHDESK_QUEUE_NAME", "masked", "manage.py status"]),
+        ("qmonitor", ["task queue", "PUSHDESK_QUEUE_NAME", "terminal", "manage.py status"]),
+    ],
+)
+def test_the_queue_s_commands_say_what_they_show_and_of_which_queue(name, says):
+    """Their --help was django-q2's ("General information over all clusters.", "Monitors Q Cluster
+    activity"): no word of which queue, that --config hides the secrets, or where the health check is."""
+    from django.core.management import load_command_class
+
+    text = " ".join(load_command_class("operations", name).create_parser("manage.py", name).format_help().split())
+    for word in says:
+        assert word in text, (word, text)

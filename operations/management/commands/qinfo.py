@@ -12,6 +12,14 @@ _STATE_NAMES = {"conf", "IDLE", "STOPPING", "STARTING", "WORKING", "SIGNAL_NAMES
 
 
 class Command(QinfoCommand):
+    help = (
+        "The task queue's figures (the queue PUSHDESK_QUEUE_NAME names): the clusters reporting to it, their "
+        "workers and restarts, the tasks queued, the successes and failures, the schedules and the tasks a day. "
+        "--config prints the queue's settings, the secret key and the passwords in service URLs masked. While "
+        "Redis does not answer, it says so in one line and exits with status 1. For a health check: manage.py "
+        "status --check."
+    )
+
     def handle(self, *args, **options):
         if not options.get("config") or options.get("ids"):
             with redis_errors_said():
