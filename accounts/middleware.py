@@ -41,6 +41,11 @@ class RefuseNulMiddleware:
         return self.get_response(request)
 
 
+UNREADABLE_PART = (
+    "Sent with a name that is not UTF-8, which could not be read, and so left out: rename the file "
+    "(or send it from a system that writes names in UTF-8) and upload it again."
+)
+
 # Django reads at most this much of a part's headers (``multipartparser.parse_boundary_stream``).
 _PART_HEADERS_READ = 1024
 _PART_NAME = re.compile(rb';\s*name="([^"]*)"', re.I)
@@ -100,7 +105,7 @@ class UnreadablePartsMiddleware:
     """Note on the request (``request.unreadable_parts``) the names of a multipart body's parts whose
     headers are not UTF-8, which Django leaves out of ``request.POST`` and ``request.FILES`` without
     a word: a file whose name is not UTF-8 read "No file was submitted". Forms say it under the
-    field (``accounts.admin.bases.ReadableTextForm``)."""
+    field (``accounts.admin.bases.ReadableTextForm``), the API naming it (``accounts.parsers``)."""
 
     def __init__(self, get_response):
         self.get_response = get_response

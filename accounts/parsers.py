@@ -8,6 +8,7 @@ from rest_framework import status as http_status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser, get_encoding
 
 from accounts.json_values import json_parse
+from accounts.middleware import UNREADABLE_PART
 
 
 class RequestTooLarge(exceptions.APIException):
@@ -71,7 +72,17 @@ class _FormCharset:
                 f"Form parse error - the body cannot be read as {charset}, the charset it declares: send it in UTF-8."
             ) from exc
         _refuse_replaced_text(getattr(parsed, "data", parsed), charset)
+        _refuse_unread_parts(parser_context or {})
         return parsed
+
+
+def _refuse_unread_parts(parser_context: dict) -> None:
+    """Refuse, naming them, the parts Django left out of a multipart body, their headers not UTF-8
+    (``UnreadablePartsMiddleware``): a file whose name is not, which read "No file was submitted"."""
+    request = parser_context.get("request")
+    unread = getattr(getattr(request, "_request", request), "unreadable_parts", ())
+    if unread:
+        raise exceptions.ValidationError({name or "file": [UNREADABLE_PART] for name in unread})
 
 
 def _refuse_replaced_text(fields, charset: str) -> None:

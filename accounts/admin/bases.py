@@ -38,6 +38,7 @@ from accounts.form_tokens import (
     form_token_use,
 )
 from accounts.json_values import JsonValueFormField
+from accounts.middleware import UNREADABLE_PART
 from accounts.models import User
 from accounts.selectors import (
     access_key,
@@ -353,10 +354,6 @@ class BoundedLookupsMixin:
         return super().lookup_allowed(lookup, value, request)
 
 
-UNREADABLE_PART = (
-    "Sent with a name that is not UTF-8, which could not be read, and so left out: rename the file "
-    "(or send it from a system that writes names in UTF-8) and upload it again."
-)
 UNREADABLE_TEXT = (
     "Holds bytes that are not UTF-8 (or U+FFFD, the sign that stands for them), which would be saved as "
     "that sign: send the text in UTF-8."

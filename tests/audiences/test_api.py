@@ -997,3 +997,28 @@ def test_segment_preview_of_a_saved_number_rule_holding_text_answers_400_naming_
     body = response.json()
     assert body["errors"][0]["field"] == "rules"
     assert body["errors"][0]["detail"] == "rules.all[1].value: expected a number, got a string"
+
+
+def test_an_import_whose_file_name_is_not_utf8_is_refused_naming_the_file(
+    manager_alice, api_key_for, settings, tmp_path
+):
+    """Django leaves out a part whose header it cannot read: the answer said the file was missing."""
+    from django.test.client import BOUNDARY
+
+    from audiences.models import Import
+
+    settings.MEDIA_ROOT = tmp_path
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    b = BOUNDARY.encode()
+    body = (
+        b'--%s\r\nContent-Disposition: form-data; name="target"\r\n\r\nprofiles\r\n'
+        b'--%s\r\nContent-Disposition: form-data; name="file"; filename="caf\xe9.csv"\r\n'
+        b"Content-Type: text/csv\r\n\r\nexternal_id\r\nann\r\n--%s--\r\n" % (b, b, b)
+    )
+    response = client.generic(
+        "POST", "/api/v1/imports/", body, content_type=f"multipart/form-data; boundary={BOUNDARY}"
+    )
+    assert response.status_code == 400, response.content
+    [error] = [e for e in response.json()["errors"] if e["field"] == "file"]
+    assert "not UTF-8" in error["detail"] and "No file" not in error["detail"]
+    assert not Import.objects.exists()
