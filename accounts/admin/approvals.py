@@ -13,7 +13,14 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.text import capfirst
 
-from accounts.admin.bases import AccessAdmin, ReadOnlyAdminMixin, drawn_for, linked_if_visible, page_request
+from accounts.admin.bases import (
+    AccessAdmin,
+    ReadableTextForm,
+    ReadOnlyAdminMixin,
+    drawn_for,
+    linked_if_visible,
+    page_request,
+)
 from accounts.approvals import approval_requests_sent_back, approval_subject_for, approvals_asked_at
 from accounts.models import ApprovalPolicy, ApprovalRequest
 from accounts.selectors import (
@@ -180,7 +187,7 @@ class _InboxFilter(admin.SimpleListFilter):
         return queryset
 
 
-class ApprovalDecisionForm(forms.Form):
+class ApprovalDecisionForm(ReadableTextForm, forms.Form):
     comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
 
 

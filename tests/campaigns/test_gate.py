@@ -92,6 +92,29 @@ def test_approver_approves_from_the_inbox(client, make_campaign, manager_alice, 
     assert campaign.status == "live"
 
 
+@pytest.mark.parametrize("press", ["_approve", "_request_changes"])
+def test_a_decision_whose_comment_is_not_utf8_is_refused_under_it(
+    client, make_campaign, manager_alice, approver_bob, press
+):
+    """Django read the bytes as U+FFFD, and the comment was kept so in the request's record."""
+    from accounts.models import ApprovalRequest
+
+    campaign = make_campaign(kind="api_triggered", segment=None)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    request = ApprovalRequest.objects.get()
+    client.force_login(approver_bob)
+    response = client.post(
+        f"/admin/accounts/approvalrequest/{request.pk}/review/",
+        f"{press}=1&comment=caf%FF",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 200
+    assert "Holds bytes that are not UTF-8" in response.content.decode()
+    campaign.refresh_from_db()
+    request.refresh_from_db()
+    assert (campaign.status, request.status) == ("in_review", "pending")
+
+
 @pytest.mark.parametrize("second", ["_approve", "_request_changes"])
 def test_a_decision_sent_again_from_a_page_left_open_changes_nothing_and_says_why(
     client, make_campaign, manager_alice, approver_bob, second
