@@ -31,6 +31,7 @@ from campaigns.reports import campaign_charts, campaign_report, campaign_report_
 from campaigns.review import (
     ReaderNames,
     approved_phones_html,
+    audience_count_offered,
     audience_kept_text,
     campaign_phones_html,
     next_send_text,
@@ -714,12 +715,17 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         if obj is None or obj.pk is None:
             return "Counted once the campaign is saved."
         request, button = page_request(), ""
-        may_count = (
-            obj.segment_id is not None
+        reader = request.user if request is not None else None
+        names = ReaderNames.of(reader, segments={obj.segment_id})
+        may_count = audience_count_offered(
+            obj,
+            reader=reader,
+            may_edit=obj.segment_id is not None
             and request is not None
-            and can(request.user, "campaigns.change_campaign", obj, answers=page_answers(request))
+            and can(request.user, "campaigns.change_campaign", obj, answers=page_answers(request)),
+            names=names,
         )
-        text = audience_kept_text(obj, reader=request.user if request is not None else None, can_count=may_count)
+        text = audience_kept_text(obj, reader=reader, can_count=may_count, names=names)
         if may_count:
             button = format_html(
                 ' <button type="submit" id="count-audience" class="button" formaction="{}" '
@@ -973,7 +979,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         return response
 
     def count_audience_view(self, request, object_id):
-        """Count the campaign's audience now and keep it (POST, by those who may edit the campaign)."""
+        """Count the campaign's audience now and keep it (POST, by those who may edit the campaign and
+        see its segment: ``audience_kept_text`` refuses the others)."""
         campaign = self.get_object(request, object_id)
         if campaign is None or not self.has_view_permission(request, campaign):
             raise Http404("No such campaign.")
@@ -987,14 +994,7 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         try:
             counted = audience_kept_text(campaign, reader=request.user, count=True)
         except RulesInvalid as exc:  # its segment's rules saved before a check existed: said where they break
-            said = ReaderNames.of(request.user, segments={campaign.segment_id}).segments.get(campaign.segment_id)
-            if said is None:  # a segment the reader may not see: its rules are not theirs to read
-                text = (
-                    f"the rules of {numbered('segment', campaign.segment_id)} no longer hold; whoever may edit it "
-                    "can correct them"
-                )
-            else:
-                text = rules_invalid_text(campaign.segment.rules, exc.errors)
+            text = rules_invalid_text(campaign.segment.rules, exc.errors)
             self.message_user(request, f"Audience not counted: {text}.", messages.ERROR)
         else:
             self.message_user(request, f"Audience counted: {counted}.", messages.SUCCESS)

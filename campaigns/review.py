@@ -3,6 +3,7 @@
 import dataclasses
 import datetime as dt
 
+from django.core.exceptions import PermissionDenied
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils import timezone
@@ -278,15 +279,28 @@ def _audience_segment(segment_id: int | None, *, label: str = ""):
     return (segment, None) if segment is not None else (None, f"{label or segment_id}: deleted")
 
 
-def audience_kept_text(campaign, *, reader: User, count: bool = False, can_count: bool = False) -> str:
+def audience_count_offered(campaign, *, reader: User | None, may_edit: bool, names: ReaderNames) -> bool:
+    """Whether ``reader`` may press *Count now* on the campaign's page: they may edit the campaign
+    (``may_edit``) and see its segment (``names``: what they may see by name, ``ReaderNames``). A
+    count says the size of the segment, which is not told to a reader outside its access."""
+    return may_edit and reader is not None and campaign.segment_id in names.segments
+
+
+def audience_kept_text(
+    campaign, *, reader: User, count: bool = False, can_count: bool = False, names: ReaderNames | None = None
+) -> str:
     """The campaign's audience and its size as last counted, with the age of that count; "not
     counted yet" when it never was in this app, with how it gets counted (``can_count``: the reader
-    may press *Count now*); counted now and kept on the segment when ``count`` asks (a POST).
+    may press *Count now*, ``audience_count_offered``); counted now and kept on the segment when
+    ``count`` asks (a POST).
 
     The campaign page shows this rather than counting on a view (one scan of the audience, a third
     of a second at 1,000,000 profiles), and a view writes nothing: only *Count now* keeps a count.
     The approver's review counts now without keeping it (``audience_text``). The segment is named
-    only to a ``reader`` who may see it, "segment #12" to the others.
+    only to a ``reader`` who may see it, "segment #12" to the others (``names``, when the caller
+    read them already).
+
+    Raises PermissionDenied when ``count`` asks and ``reader`` may not see the segment.
     """
     from django.utils.timesince import timesince
 
@@ -298,7 +312,10 @@ def audience_kept_text(campaign, *, reader: User, count: bool = False, can_count
         return deleted
     if segment is None:
         return reach_text(None, app_id=campaign.app_id, holdout_share=campaign.holdout_share, purpose=campaign.purpose)
-    said = ReaderNames.of(reader, segments={segment.pk}).segment(segment.pk)
+    names = names if names is not None else ReaderNames.of(reader, segments={segment.pk})
+    said = names.segment(segment.pk)
+    if count and segment.pk not in names.segments:
+        raise PermissionDenied(f"You may not count {said}: it is a segment you have no access to.")
     if count:
         read = segment_definition_read(segment)  # before counting: what the count is of
         reach = audience_reach(segment=segment, app_id=campaign.app_id)
@@ -307,7 +324,9 @@ def audience_kept_text(campaign, *, reader: User, count: bool = False, can_count
     else:
         kept = reach_kept(segment, campaign.app_id)
         if kept is None:
-            how = "Count now counts it" if can_count else "whoever may edit the campaign can count it"
+            how = (
+                "Count now counts it" if can_count else "whoever may edit the campaign and see the segment can count it"
+            )
             return f"{said}: size not counted yet ({how})."
         reach, at = kept
         if at is None:

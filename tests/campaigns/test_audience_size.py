@@ -39,7 +39,10 @@ def test_a_view_writes_nothing_and_says_the_size_is_not_counted_yet_with_how_to_
     page = _page(client, campaign)
     assert Segment.objects.filter(pk=segment.pk).values("last_reach", "last_count", "last_counted_at").get() == stored
     # viewer_carol works on the app, not on the segment: it is said by number
-    assert f"segment #{segment.pk}: size not counted yet (whoever may edit the campaign can count it)." in page
+    assert (
+        f"segment #{segment.pk}: size not counted yet (whoever may edit the campaign and see the segment can count "
+        "it)." in page
+    )
     assert 'id="count-audience"' not in page
     client.force_login(manager_alice)
     page = _page(client, campaign)
@@ -321,16 +324,42 @@ def test_count_now_of_a_segment_the_reader_may_not_see_whose_rules_no_longer_hol
 ):
     """mallory edits the campaign through its app, not its segment (alice's): its page says the
     segment by number, and Count now's refusal did not, spelling out its rules ("Condition 1 (age is
-    more than): ..."); it says the segment by number alone, as the page does."""
+    more than): ..."). Count now is not hers to press on a segment she may not see: refused before
+    its rules are read."""
     campaign = make_campaign()
     broken = {"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
     Segment.objects.filter(pk=segment.pk).update(kind=Segment.Kind.RULES, rules=broken)
     client.force_login(manager_mallory)
-    response = client.post(f"/admin/campaigns/campaign/{campaign.pk}/count-audience/", follow=True)
-    assert response.status_code == 200
+    response = client.post(f"/admin/campaigns/campaign/{campaign.pk}/count-audience/")
+    assert response.status_code == 403
     page = response.content.decode()
-    assert (
-        f"Audience not counted: the rules of segment #{segment.pk} no longer hold; whoever may edit it can correct "
-        "them." in page
-    )
     assert "age is more than" not in page and "Everyone" not in page
+
+
+@pytest.mark.presses("campaigns.campaign:count_audience")
+def test_count_now_is_neither_offered_nor_served_to_a_reader_who_may_not_see_the_segment(
+    client, make_campaign, segment, team, manager_alice, approver_bob
+):
+    """approver_bob may edit the campaign through its app, not see its segment (alice's): its page
+    names it by number, yet offered *Count now*, which counted it, telling him the size of a segment
+    outside his access. Neither the button nor its POST serves him; alice, who sees it, counts."""
+    from campaigns.services.lifecycle import campaign_request_changes, campaign_submit
+
+    DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="ios")
+    campaign = make_campaign()
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_request_changes(campaign_id=campaign.pk, by=approver_bob, comment="Shorter title")  # decided
+    url = f"/admin/campaigns/campaign/{campaign.pk}/count-audience/"
+
+    client.force_login(approver_bob)
+    page = _page(client, campaign)
+    assert f"segment #{segment.pk}: size not counted yet" in page
+    assert 'id="count-audience"' not in page and "Count now counts it" not in page
+    response = client.post(url)
+    assert response.status_code == 403
+    assert not any(f["app"] == team.pk for f in Segment.objects.get(pk=segment.pk).last_reach or [])
+
+    client.force_login(manager_alice)
+    assert 'id="count-audience"' in _page(client, campaign)
+    assert "Audience counted: Everyone: 1 profile → 1 reachable" in client.post(url, follow=True).content.decode()
+    assert _kept(segment, team)["reachable"] == 1
