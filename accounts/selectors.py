@@ -590,6 +590,72 @@ def approval_subjects_named(
     return named
 
 
+def approvals_reading(obj: models.Model) -> list[ApprovalRequest]:
+    """The pending approval requests whose subject's approval covers ``obj`` (a push content or a
+    segment its review shows, ``ApprovalSubject.references``; for a segment, also one the rules of
+    those use, at any depth) and which still hold as submitted (``changed_since_submitted``). Read
+    before a save of ``obj``, for ``approvals_outdated_said`` after it. A query per kind of subject,
+    then a few per request waiting."""
+    from accounts.approvals import approval_subject_for
+
+    label = obj._meta.label_lower
+    pending = list(ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING).select_related("subject_type"))
+    subjects = approval_subjects(pending)
+    reading = []
+    for request in pending:
+        subject = subjects.get(request.pk)
+        handler = approval_subject_for(type(subject)) if subject is not None else None
+        if handler is None or handler.changed_since_submitted is None:
+            continue
+        if handler.referenced_models is not None and label not in handler.referenced_models:
+            continue
+        referenced = set(handler.references([subject]).get(label, ()))
+        if label == "audiences.segment" and referenced and obj.pk not in referenced:
+            from audiences.models import segments_named_by
+
+            referenced |= segments_named_by(referenced)[0]
+        if obj.pk in referenced and not handler.changed_since_submitted(subject, request):
+            reading.append(request)
+    return reading
+
+
+def approvals_outdated_said(user: User, reading: list[ApprovalRequest], *, what: str) -> str:
+    """Of ``reading`` (``approvals_reading`` before a save of ``what``, "this content"), those whose
+    subject no longer holds as submitted now: what ``user`` is told of them (those they may see
+    named, the others counted), that each must be submitted again to be approved; "" when none."""
+    from accounts.approvals import approval_subject_for
+
+    subjects = approval_subjects(reading)  # read again: what the save changed
+    outdated = []
+    for request in reading:
+        subject = subjects.get(request.pk)
+        handler = approval_subject_for(type(subject)) if subject is not None else None
+        if handler is not None and handler.changed_since_submitted(subject, request):
+            outdated.append(request)
+    if not outdated:
+        return ""
+    hidden = approval_subjects_hidden(user, outdated)
+    names = [
+        f"{request.subject_type.model_class()._meta.verbose_name} “{request.subject_label}”"
+        for request in outdated
+        if request.pk not in hidden
+    ]
+    unseen: dict[str, int] = {}
+    for request in outdated:
+        if request.pk in hidden:
+            kind = request.subject_type.model_class()._meta
+            unseen[kind.verbose_name] = unseen.get(kind.verbose_name, 0) + 1
+    for kind, count in unseen.items():
+        names.append(f"a {kind} you cannot see" if count == 1 else f"{count} {kind}s you cannot see")
+    who = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    one = len(outdated) == 1
+    return (
+        f"{who[0].upper()}{who[1:]} {'waits' if one else 'wait'} for approval with {what} as it was before this "
+        f"change: {'its' if one else 'their'} approval would be refused. {'It' if one else 'Each'} must be "
+        "submitted again (its request cancelled or sent back for changes, then submitted) to be approved with it."
+    )
+
+
 def _by_model(subjects) -> dict[type[models.Model], list[models.Model]]:
     grouped: dict[type[models.Model], list[models.Model]] = {}
     for subject in subjects:

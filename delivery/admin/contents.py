@@ -28,7 +28,7 @@ from accounts.admin.bases import (
     with_reader_sees,
 )
 from accounts.form_tokens import form_token_done
-from accounts.selectors import visible_named
+from accounts.selectors import approvals_outdated_said, approvals_reading, visible_named
 from audiences.models import Profile
 from audiences.selectors import audience_attribute_names
 from config.db import deletion_counts
@@ -391,7 +391,11 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
         return ValidatingForm
 
     def save_model(self, request, obj, form, change):
+        # The requests waiting that approve this content as it was: a save changing it outdates them.
+        reading = approvals_reading(obj) if change else []
         pushcontent_save(content=obj, by=request.user, uses_simulator=getattr(form, "uses_simulator", None))
+        if outdated := approvals_outdated_said(request.user, reading, what="this content"):
+            self.message_user(request, outdated, messages.WARNING)
         self._warn_of_unseen_attributes(request, obj)
 
     def _warn_of_unseen_attributes(self, request, content: PushContent) -> None:

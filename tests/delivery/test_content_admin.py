@@ -584,3 +584,49 @@ def test_the_apps_links_are_offered_only_to_a_reader_they_work_for(client, db, m
     assert 'id="view_id_app"' not in client.get(url).content.decode()
     client.force_login(manager_mallory)
     assert 'id="view_id_app"' in client.get(url).content.decode()
+
+
+def test_saving_a_content_requests_wait_on_warns_they_must_be_submitted_again(client, manager_alice, manager_mallory):
+    """A campaign waiting for approval sends the content as it was submitted: a save of the content
+    changes what it would send, and its request can no longer be approved as submitted (the approver
+    is told it changed), yet the save said only that it was saved. It warns, naming the waiting
+    requests the reader may see and counting the others, that they must be submitted again."""
+    from django.contrib.messages import get_messages
+
+    from campaigns.services.lifecycle import campaign_create, campaign_submit
+    from tests.factories import PushContentFactory, SegmentFactory
+
+    app = AppFactory(name="Shop")
+    access_grant(obj=app, to=manager_alice, by=None)
+    segment = SegmentFactory(name="Everyone")
+    access_grant(obj=segment, to=manager_alice, by=None)
+    sent = PushContentFactory(app=app, name="Sent", title="Hello", body="Spring sale")
+    draft = campaign_create(by=manager_alice, name="Still a draft", app=app, segment=segment, content=sent)
+    waiting = campaign_create(by=manager_alice, name="Spring sale", app=app, segment=segment, content=sent)
+    hidden = campaign_create(by=manager_alice, name="Secret sale", app=app, segment=segment, content=sent)
+    campaign_submit(campaign_id=waiting.pk, by=manager_alice)
+    campaign_submit(campaign_id=hidden.pk, by=manager_alice)
+    # mallory is granted the content and one of the campaigns waiting, not their app
+    access_grant(obj=sent, to=manager_mallory, by=None)
+    access_grant(obj=waiting, to=manager_mallory, by=None)
+
+    client.force_login(manager_mallory)
+    url = f"/admin/delivery/pushcontent/{sent.pk}/change/"
+    response = client.post(url, _form(sent, title="Hello again"))
+    assert response.status_code == 302
+    said = [(m.level_tag, m.message) for m in get_messages(response.wsgi_request)]
+    warnings = [text for level, text in said if level == "warning"]
+    assert warnings == [
+        "Campaign “Spring sale” and a campaign you cannot see wait for approval with this content as it was before "
+        "this change: their approval would be refused. Each must be submitted again (its request cancelled "
+        "or sent back for changes, then submitted) to be approved with it."
+    ]
+    assert "Still a draft" not in " ".join(warnings) and "Secret sale" not in " ".join(warnings)
+
+    # A save changing nothing an approval covers (its name) warns of nothing.
+    client.get(url)  # the messages above, read
+    client.force_login(manager_alice)
+    campaign_submit(campaign_id=draft.pk, by=manager_alice)
+    response = client.post(url, _form(PushContent.objects.get(pk=sent.pk), name="Sent (renamed)"))
+    assert response.status_code == 302
+    assert [m for m in get_messages(response.wsgi_request) if m.level_tag == "warning"] == []

@@ -2038,3 +2038,38 @@ def test_a_renamed_live_journey_says_its_pushes_keep_the_approved_name_and_the_r
     review = login(approver_bob).get(f"/admin/accounts/approvalrequest/{request.pk}/review/").content.decode()
     changed = re.findall(r'<tr class="changed"><th scope="row">(.*?)</th><td>(.*?)</td><td>(.*?)</td></tr>', review)
     assert changed == [("Name (its pushes show it)", "Onboarding", "Everything free")]
+
+
+def test_saving_the_content_of_a_journey_in_review_warns_it_must_be_submitted_again(
+    client, make_journey, manager_alice, welcome
+):
+    """A journey's version in review sends its push step's content as it was submitted: saving the
+    content outdates its request, and the save says so, naming the journey."""
+    from django.contrib.messages import get_messages
+
+    journey = make_journey()
+    journey_submit(journey_id=journey.pk, by=manager_alice)
+    client.force_login(manager_alice)
+    data = {
+        "app": welcome.app_id,
+        "name": welcome.name,
+        "title": "Hello again",
+        "subtitle": "",
+        "body": welcome.body,
+        "tap_action": "open_app",
+        "data": "{}",
+        "ios_sound": "default",
+        "ios_interruption_level": "active",
+        "android_priority": "high",
+        "ttl_seconds": 86400,
+        "default_locale": "en",
+        "variants": "{}",
+        "preview_locale": "",
+    }
+    response = client.post(f"/admin/delivery/pushcontent/{welcome.pk}/change/", data)
+    assert response.status_code == 302
+    assert [m.message for m in get_messages(response.wsgi_request) if m.level_tag == "warning"] == [
+        "Journey “Onboarding” waits for approval with this content as it was before this change: its approval "
+        "would be refused. It must be submitted again (its request cancelled or sent back for changes, then "
+        "submitted) to be approved with it."
+    ]
