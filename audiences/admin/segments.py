@@ -30,7 +30,7 @@ from accounts.admin.bases import (
     senders_html,
 )
 from accounts.json_values import JsonValueFormField, json_parse, json_value_check
-from accounts.selectors import can, in_scope, visible_to
+from accounts.selectors import approvals_outdated_said, approvals_reading, can, in_scope, visible_to
 from audiences.models import Segment
 from audiences.rules.schema import COLUMNS, OPERATOR_LABELS, OPERATORS, RELATIVE_UNITS, TYPES, RulesInvalid
 from audiences.rules.validation import rules_validate, rules_validate_for
@@ -463,6 +463,8 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
+        # The requests waiting that approve this segment as it was: a save changing it outdates them.
+        reading = approvals_reading(obj) if change else []
         try:
             if change:
                 saved = segment_update(
@@ -499,6 +501,8 @@ class SegmentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             raise PermissionDenied("; ".join(exc.messages)) from exc
         obj.pk = saved.pk
         obj.refresh_from_db()
+        if outdated := approvals_outdated_said(request.user, reading, what="this segment"):
+            self.message_user(request, outdated, messages.WARNING)
 
     def save_related(self, request, form, formsets, change):
         pass  # the service saved everything

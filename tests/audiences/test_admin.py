@@ -1419,3 +1419,47 @@ def test_a_segment_whose_saved_rules_no_longer_hold_is_counted_nowhere_and_says_
     assert response.status_code == 200
     assert f"Old ages not counted: {said.removeprefix('Not counted: ')}" in response.content.decode()
     assert _kept(segment) == (None, None, None)
+
+
+def test_saving_a_segment_a_request_waits_on_warns_it_must_be_submitted_again(
+    login, manager_alice, manager_mallory, under_review
+):
+    """A campaign waiting for approval sends to its segment as it was submitted (its rules, and
+    those of the segments they use): a save of either outdates its request, and the save said only
+    that it was saved. It warns, naming the campaign to whoever may see it and counting it for the
+    others; a renaming changes nothing an approval covers, and warns of nothing."""
+    from django.contrib.messages import get_messages
+
+    from accounts.services import access_grant
+    from campaigns.services.lifecycle import campaign_cancel_request, campaign_submit
+
+    inner = segment_create(name="Pro", rules=PRO, by=manager_alice)
+    audience = segment_create(name="Pro buyers", rules={"all": [{"segment": inner.pk}]}, by=manager_alice)
+    campaign = under_review(audience)
+    said = (
+        "waits for approval with this segment as it was before this change: its approval would be refused. It "
+        "must be submitted again (its request cancelled or sent back for changes, then submitted) to be approved "
+        "with it."
+    )
+
+    def warnings(client, segment, **data):
+        url = f"/admin/audiences/segment/{segment.pk}/change/"
+        response = client.post(url, {"name": segment.name, "description": "", **data})
+        assert response.status_code == 302
+        found = [m.message for m in get_messages(response.wsgi_request) if m.level_tag == "warning"]
+        client.get(url)  # read
+        return found
+
+    client = login(manager_alice)
+    assert warnings(client, audience, name="Pro buyers (renamed)", rules=json.dumps(audience.rules)) == []
+    for segment in (audience, inner):  # the segments, not the campaign
+        access_grant(obj=segment, to=manager_mallory, by=None)
+    anyone = json.dumps({"any": [{"segment": inner.pk}]})
+    assert warnings(login(manager_mallory), audience, rules=anyone) == [f"A campaign you cannot see {said}"]
+
+    campaign_cancel_request(campaign_id=campaign.pk, by=manager_alice)  # submitted again, as it now is
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    client = login(manager_alice)
+    assert warnings(client, inner, rules=json.dumps({"all": [*PRO["all"], {"field": "locale", "op": "exists"}]})) == [
+        f"Campaign “Promo” {said}"
+    ]
