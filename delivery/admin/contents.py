@@ -335,8 +335,12 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             "content-sent-by",
             pushcontent_senders(obj.pk, by=request.user if request is not None else None),
             none="Nothing still to send sends it.",
-            edit="An edit of it needs a new approval of each before it sends it again (a renaming does not): "
-            "until then, its sends of it are refused.",
+            # What the send path does (``Campaign.approved``, ``JourneyVersion.frozen_specs``): the
+            # approved versions send their copy of the content, never the edited row.
+            edit="An edit of it (a renaming aside) reaches each of them only once approved for it. A scheduled or "
+            "live campaign, and a live journey, keeps sending it as it was approved (a copy frozen at its "
+            "approval) until a revision with the edit (a journey's new version) is submitted and approved; one "
+            "waiting for approval must be submitted again; a draft sends nothing before its approval.",
         )
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):

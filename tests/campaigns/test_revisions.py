@@ -398,3 +398,41 @@ def test_the_migration_keeps_the_name_of_versions_approved_before_it_was_kept(li
     assert campaign.approved().send_context() == {"campaign": {"id": campaign.pk, "name": "Spring sale"}}
     assert campaign.approved().fingerprint == live_api_campaign.approved().fingerprint
     assert Campaign.objects.get(pk=draft.pk).approved_version == {}
+
+
+def test_a_contents_page_says_an_approved_campaign_keeps_sending_it_as_approved_when_it_is_edited(
+    client, make_campaign, content, team, manager_alice, approver_bob
+):
+    """The content's *Sent by* said an edit refuses the campaigns' sends of it until they are
+    approved again; a scheduled campaign sends its approved version, the content as frozen at its
+    approval, until the revision is approved. The page says that, and the send does it."""
+    import re
+
+    from campaigns.services.scheduling import campaign_fire_due
+    from delivery.services.contents import pushcontent_save
+    from tests.factories import DeviceFactory, ProfileFactory
+
+    DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="ios")
+    t0 = dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.UTC)
+    campaign = make_campaign(schedule_kind="at", send_at=t0)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob, now=t0 - dt.timedelta(hours=1))
+    approved_title = content.title
+    content.title = "Last chance"
+    pushcontent_save(content=content, by=manager_alice)
+
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/delivery/pushcontent/{content.pk}/change/").content.decode()
+    text = " ".join(
+        re.sub(r"<[^>]+>", " ", re.search(r'<div id="content-sent-by">(.*?)</div>', page, re.S).group(1)).split()
+    )
+    assert "campaign “Spring sale” (scheduled)" in text
+    assert "refused" not in text
+    assert (
+        "A scheduled or live campaign, and a live journey, keeps sending it as it was approved (a copy frozen at "
+        "its approval) until a revision with the edit (a journey's new version) is submitted and approved"
+    ) in text.replace("&#x27;", "'")
+
+    (sent,) = campaign_fire_due(campaign_id=campaign.pk, now=t0)
+    assert Campaign.objects.get(pk=campaign.pk).has_pending_revision
+    assert Dispatch.objects.get(pk=sent.dispatch_id).content_spec["title"] == approved_title

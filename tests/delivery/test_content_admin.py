@@ -432,7 +432,7 @@ def test_a_contents_page_names_what_sends_it_and_that_an_edit_needs_their_approv
     )
     assert "campaign “Spring sale” (draft)" in text and "campaign “A/B launch” (draft)" in text
     assert "Last year" not in text
-    assert "An edit of it needs a new approval of each before it sends it again" in text
+    assert "An edit of it (a renaming aside) reaches each of them only once approved for it." in text
     nobody = PushContentFactory(app=app, name="Unused")
     page = client.get(f"/admin/delivery/pushcontent/{nobody.pk}/change/").content.decode()
     assert "Nothing still to send sends it." in page

@@ -2073,3 +2073,27 @@ def test_saving_the_content_of_a_journey_in_review_warns_it_must_be_submitted_ag
         "would be refused. It must be submitted again (its request cancelled or sent back for changes, then "
         "submitted) to be approved with it."
     ]
+
+
+def test_a_contents_page_says_a_live_journey_keeps_sending_it_as_approved_when_it_is_edited(
+    client, make_journey, publish, manager_alice, welcome
+):
+    """The content's *Sent by* said an edit refuses the journey's sends of it until it is approved
+    again; its live version sends the content as frozen at its approval until a new version is."""
+    from delivery.services.contents import pushcontent_save
+
+    journey = publish(make_journey())
+    welcome.title = "Hello again"
+    pushcontent_save(content=welcome, by=manager_alice)
+    client.force_login(manager_alice)
+    page = client.get(f"/admin/delivery/pushcontent/{welcome.pk}/change/").content.decode()
+    text = " ".join(
+        re.sub(r"<[^>]+>", " ", re.search(r'<div id="content-sent-by">(.*?)</div>', page, re.S).group(1)).split()
+    )
+    assert f"journey “{journey.name}”, version 1 (live)" in text and "refused" not in text
+    assert "and a live journey, keeps sending it as it was approved (a copy frozen at its approval)" in text
+
+    journey = Journey.objects.get(pk=journey.pk)
+    assert journey.status == "live"
+    live = journey.versions.get(number=1)
+    assert live.frozen_specs["push"]["spec"]["title"] == "Hello"  # what its push step sends
