@@ -44,6 +44,13 @@ class ApiPagination(LimitOffsetPagination):
     def get_offset(self, request):
         return min(super().get_offset(request), self.max_offset)
 
+    def get_previous_link(self):
+        """A page past the list's end links back to its last page with rows, not to the offset
+        before the one given (an offset of 10**30, capped, linked to 4611686018427387804)."""
+        if self.offset >= self.count > 0 or (self.count == 0 and self.offset > 0):
+            self.offset = max(self.count - self.limit, 0) + self.limit
+        return super().get_previous_link()
+
 
 class QueryInteger(serializers.IntegerField):
     """A whole number written as plain digits: "1.0", "1e3", " 7" or "null" are refused."""
