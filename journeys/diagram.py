@@ -298,8 +298,12 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
             notes.append(f"not entered, not live then {counts['skipped_not_live']:,}")
     if counts.get("held"):
         notes.insert(0, f"held by the pause {counts['held']:,}")
-    if kind == "condition" and counts.get("failed"):  # a segment it reads changed since the approval
-        notes.insert(0, f"refused {counts['failed']:,} (a segment changed since the approval; see its enrollments)")
+    if kind == "condition" and counts.get("failed"):  # a segment it reads changed since the approval, or broke
+        notes.insert(
+            0,
+            f"refused {counts['failed']:,} (a segment changed since the approval, or its saved rules no longer hold; "
+            "see its enrollments)",
+        )
     if kind == "push":
         skipped = counts.get("skipped") or {}
         if counts.get("failed"):  # refused at send time (the gate): those profiles end here, failed

@@ -23,6 +23,7 @@ from django.db import connection, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
+from audiences.rules.schema import RulesInvalid
 from config.db import int_array, write_pacer
 from delivery.rules import app_rules, profile_zone
 from journeys.graph import DAY_SECONDS, branch_label, entry_of, whole_days
@@ -393,12 +394,19 @@ def _run_version(
                     stats[(version.pk, step_id, "failed")] += len(group)
                     continue
                 remaining = {r.row.profile_id: r for r in group}
-                for index, branch in enumerate(step["branches"]):
-                    label = branch_label(branch, index)
-                    holding = _branch_holds(branch, remaining)
-                    for profile_id in holding:
-                        run = remaining.pop(profile_id)
-                        move(run, step_id, f"branch:{label}", branch["next"])
+                try:
+                    taken = _branches_taken(step, remaining)
+                except RulesInvalid as exc:  # a segment's saved rules that no longer hold: read no one
+                    log.warning("Journey %s condition %r read no one: %s", journey.pk, step_id, exc)
+                    for run in group:
+                        run.history.append([step_id, stamp, "failed"])
+                        report.transitions += 1
+                        _finish(run, EStatus.FAILED, now, reason=f"{exc.held_no_longer()}."[:200])
+                    stats[(version.pk, step_id, "failed")] += len(group)
+                    continue
+                for label, target, runs_taken in taken:
+                    for run in runs_taken:
+                        move(run, step_id, f"branch:{label}", target)
                         stats[(version.pk, step_id, f"passed:{label}")] += 1
                 for run in remaining.values():
                     move(run, step_id, "branch:else", step["else"])
@@ -517,6 +525,17 @@ def _condition_refused(version: JourneyVersion, step: dict, refusals: dict[str, 
                 checked = _FROZEN_CHECKED[key] = (marks, segments_changed_text(version, ids, by_number=True))
             refusals[step["id"]] = checked[1]
     return refusals[step["id"]]
+
+
+def _branches_taken(step: dict, remaining: dict[int, _Run]) -> list[tuple[str, str, list[_Run]]]:
+    """Each branch of the condition step with the runs it takes (the first that holds wins), read
+    before any run moves: (label, next step, runs); those left in ``remaining`` take all others.
+    Raises RulesInvalid when a segment a branch is on holds rules that no longer hold."""
+    taken = []
+    for index, branch in enumerate(step["branches"]):
+        holding = _branch_holds(branch, remaining)
+        taken.append((branch_label(branch, index), branch["next"], [remaining.pop(pid) for pid in holding]))
+    return taken
 
 
 def _branch_holds(branch: dict, remaining: dict[int, _Run]) -> set[int]:

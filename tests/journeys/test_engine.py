@@ -1044,6 +1044,37 @@ def test_a_rule_naming_a_segment_deleted_while_live_holds_for_no_one_and_the_eng
     assert set(Enrollment.objects.values_list("status", flat=True)) == {"completed"}
 
 
+def test_a_condition_segment_whose_saved_rules_no_longer_hold_fails_its_profiles_and_the_engine_goes_on(
+    make_journey, publish, vips
+):
+    """Rules saved before a check existed (or by a migration: a number condition holding a word) on a
+    segment a condition branches on, under a version approved before its segments were frozen: the
+    read raised out of the engine's batch, which was undone and claimed again first at every run,
+    so no journey's profiles in it ever moved on."""
+    from audiences.models import Segment
+    from journeys.diagram import _counters
+    from journeys.models import JourneyVersion
+
+    member = ProfileFactory()
+    SegmentMemberFactory(segment=vips, profile=member)
+    journey = publish(make_journey(graph=_condition_graph([{"label": "VIP", "segment": vips.pk, "next": "vip"}])))
+    other = publish(make_journey(name="Other", graph={"steps": [EXIT]}))
+    JourneyVersion.objects.filter(pk=journey.live_version_id).update(approved_segments={})
+    Segment.objects.filter(pk=vips.pk).update(
+        kind="rules", rules={"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    )
+    journey_enter_segment(journey_id=journey.pk)
+    journey_enter_segment(journey_id=other.pk)
+    journeys_run_due()
+    ended = _enrollment(journey, member)
+    assert (ended.status, ended.step) == ("failed", "check")
+    assert "no longer hold" in ended.exit_reason and "rules.all[0].value" in ended.exit_reason
+    assert set(Enrollment.objects.filter(journey=other).values_list("status", flat=True)) == {"completed"}
+    counts = version_step_stats(journey.live_version)["check"]
+    assert counts["failed"] == counts["entered"] == Enrollment.objects.filter(journey=journey).count()
+    assert "saved rules no longer hold" in _counters("condition", counts)[1]  # its box says why
+
+
 PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
 
 
