@@ -223,3 +223,27 @@ def test_a_readers_search_finds_no_event_by_the_name_of_an_object_they_may_not_s
     assert f"segment #{hidden.pk}" not in found(manager_alice, "buyers")
     assert f"segment #{hidden.pk}" in found(manager_alice, "segment_created")  # by what they did, still
     assert "Secret buyers" in found(admin_erin, "buyers")
+
+
+@pytest.mark.parametrize("lookup", ["object_label__icontains", "object_label__startswith", "summary__icontains"])
+def test_a_readers_list_asked_by_a_withheld_field_finds_no_event_of_an_object_they_may_not_see(
+    client, manager_alice, admin_erin, lookup
+):
+    """The list takes a lookup on any of its fields in its address, as Django's lists do: asked
+    whether a name or a summary starts with a letter, then the next, the list spelt out the name it
+    withholds. Those lookups are refused to whoever does not see every object; an Administrator
+    still asks them."""
+    from tests.factories import SegmentFactory
+
+    hidden = SegmentFactory(name="Secret buyers", created_by=manager_alice)
+    audit(actor=manager_alice, action="segment_created", obj=hidden, summary={"said": "Secret buyers"})
+
+    client.force_login(manager_alice)
+    answer = client.get("/admin/accounts/auditevent/", {lookup: "Secret b"})
+    assert answer.status_code == 400
+    assert f"segment #{hidden.pk}" not in answer.content.decode()
+
+    client.force_login(admin_erin)
+    answer = client.get("/admin/accounts/auditevent/", {lookup: "Secret b"})
+    assert answer.status_code == 200
+    assert [event.object_id for event in answer.context["cl"].result_list] == [str(hidden.pk)]
