@@ -81,7 +81,7 @@ def rows_shown(form: forms.Form, name: str) -> set[int]:
             number = ascii_int(value) if isinstance(value, str) else int(value)
         except (TypeError, ValueError):
             number = None
-        if number not in ROW_IDS:
+        if number is None or number not in ROW_IDS:  # None: a range asked of it walks every id
             raise ValidationError(f"The {name} the page showed are ids of rows: {str(value)[:20]!r} is none.")
         shown.add(number)
     return shown

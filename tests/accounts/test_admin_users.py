@@ -1049,3 +1049,21 @@ def test_a_superuser_puts_a_superuser_in_a_team_on_its_page(
     form = team_form(shop_reviewers, members=[approver_bob, root_rita], shown=[approver_bob])
     assert client.post(url, form).status_code == 302
     assert sorted(shop_reviewers.user_set.values_list("username", flat=True)) == ["approver_bob", "root_rita"]
+
+
+@pytest.mark.parametrize("forged", ["abc", "9" * 30, "-1", "٣"])
+def test_a_forged_list_of_the_members_a_page_showed_is_an_error_on_the_field_changing_nothing(
+    client, admin_erin, approver_bob, viewer_carol, shop_reviewers, forged
+):
+    client.force_login(admin_erin)
+    url = f"/admin/auth/group/{shop_reviewers.pk}/change/"
+    form = team_form(shop_reviewers, members=[viewer_carol], **{"initial-members": [str(approver_bob.pk), forged]})
+    answer = client.post(url, form)
+    assert answer.status_code == 200
+    [error] = answer.context["adminform"].form.errors["members"]
+    assert error.startswith("The members the page showed are ids of rows:")
+    assert list(shop_reviewers.user_set.all()) == [approver_bob]
+    user_url = f"/admin/accounts/user/{viewer_carol.pk}/change/"
+    answer = client.post(user_url, {**change_form(viewer_carol, roles=["Manager"]), "initial-groups": [forged]})
+    assert answer.status_code == 200 and "groups" in answer.context["adminform"].form.errors
+    assert sorted(User.objects.get(pk=viewer_carol.pk).groups.values_list("name", flat=True)) == ["Viewer"]
