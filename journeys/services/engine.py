@@ -530,7 +530,8 @@ def _condition_refused(version: JourneyVersion, step: dict, refusals: dict[str, 
 def _branches_taken(step: dict, remaining: dict[int, _Run]) -> list[tuple[str, str, list[_Run]]]:
     """Each branch of the condition step with the runs it takes (the first that holds wins), read
     before any run moves: (label, next step, runs); those left in ``remaining`` take all others.
-    Raises RulesInvalid when a segment a branch is on holds rules that no longer hold."""
+    Raises RulesInvalid when a segment a branch is on, or one its rule names, holds rules that no
+    longer hold."""
     taken = []
     for index, branch in enumerate(step["branches"]):
         holding = _branch_holds(branch, remaining)
@@ -542,7 +543,6 @@ def _branch_holds(branch: dict, remaining: dict[int, _Run]) -> set[int]:
     """The profiles among ``remaining`` for which the condition branch holds (one query)."""
     from audiences.models import Event, Profile, Segment
     from audiences.rules.compiler import rules_compile, segment_profiles
-    from audiences.rules.schema import RulesInvalid
 
     ids = list(remaining)
     if not ids:
@@ -555,7 +555,10 @@ def _branch_holds(branch: dict, remaining: dict[int, _Run]) -> set[int]:
     if "rules" in branch:
         try:
             condition = rules_compile(branch["rules"])
-        except RulesInvalid as exc:  # a segment it names was deleted since: as a deleted segment's branch
+        except RulesInvalid as exc:
+            if any(error.code != "unknown_segment" for error in exc.errors):
+                raise  # a segment it names holds rules that no longer hold: as a branch on that segment
+            # A segment it names was deleted since: as a deleted segment's branch.
             log.warning("Journey condition %r holds for no one: %s", branch.get("label"), exc)
             return set()
         return set(Profile.objects.filter(condition).filter(_among(ids)).values_list("pk", flat=True))

@@ -1075,6 +1075,31 @@ def test_a_condition_segment_whose_saved_rules_no_longer_hold_fails_its_profiles
     assert "saved rules no longer hold" in _counters("condition", counts)[1]  # its box says why
 
 
+def test_a_condition_rule_naming_a_segment_whose_saved_rules_no_longer_hold_fails_its_profiles(
+    make_journey, publish, vips
+):
+    """A rule naming a segment whose saved rules no longer hold read as if the segment were deleted:
+    holding for no one, it sent its members down "all others", to a push the approver meant for the
+    others; a branch on that segment itself fails its profiles at the condition, saying why."""
+    from audiences.models import Segment
+    from journeys.models import JourneyVersion
+
+    member = ProfileFactory()
+    SegmentMemberFactory(segment=vips, profile=member)
+    branch = {"label": "VIP", "rules": {"all": [{"segment": vips.pk}]}, "next": "vip"}
+    journey = publish(make_journey(graph=_condition_graph([branch])))
+    JourneyVersion.objects.filter(pk=journey.live_version_id).update(approved_segments={})
+    Segment.objects.filter(pk=vips.pk).update(
+        kind="rules", rules={"all": [{"attribute": "age", "type": "number", "op": "gt", "value": "old"}]}
+    )
+    journey_enter_segment(journey_id=journey.pk)
+    journeys_run_due()
+    ended = _enrollment(journey, member)
+    assert (ended.status, ended.step) == ("failed", "check")
+    assert f"segment {vips.pk} uses a rule saved before it was checked" in ended.exit_reason
+    assert not version_step_stats(journey.live_version)["check"]["passed"]["else"]
+
+
 PRO = {"all": [{"attribute": "plan", "type": "string", "op": "eq", "value": "pro"}]}
 
 
