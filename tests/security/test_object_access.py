@@ -435,6 +435,30 @@ def test_the_api_names_no_campaign_a_send_s_reader_may_not_see(moved_campaign_se
     assert [row["label"] for row in listed.json()["results"]] == [f"Dispatch #{moved_campaign_send.pk}"]
 
 
+@pytest.mark.parametrize(
+    "lookup", ["label__icontains", "label__startswith", "context__campaign__name__icontains", "context__icontains"]
+)
+def test_a_send_s_list_asked_by_what_it_withholds_does_not_spell_out_the_campaign(
+    client, moved_campaign_send, viewer_carol, admin_erin, lookup
+):
+    """The list takes a lookup on any of its fields in its address, as Django's lists do: asked
+    whether the send's label (or its context) starts with a letter, then the next, it spelt out the
+    name of the campaign it withholds from carol. Those lookups are refused to a reader who may not
+    see every object; an Administrator still asks them."""
+    label = moved_campaign_send.label
+    assert "Merger" in label
+    said = {"label__icontains": "Merger", "label__startswith": label[: label.index("Merger") + 6]}
+    asked = {lookup: said.get(lookup, "Merger announcement")}
+    client.force_login(viewer_carol)
+    response = client.get("/admin/delivery/dispatch/", asked)
+    assert response.status_code == 400
+    assert f"Dispatch #{moved_campaign_send.pk}" not in response.content.decode()
+    client.force_login(admin_erin)
+    response = client.get("/admin/delivery/dispatch/", asked)
+    assert response.status_code == 200
+    assert [row.pk for row in response.context["cl"].result_list] == [moved_campaign_send.pk]
+
+
 @pytest.mark.presses("delivery.dispatch:stop")
 def test_stopping_a_send_names_no_campaign_its_reader_may_not_see(client, moved_campaign_send, manager_alice):
     from django.contrib.messages import get_messages
