@@ -133,7 +133,11 @@ class StepStatsSerializer(serializers.Serializer):
     held = serializers.IntegerField(
         help_text="Of those inside here (waiting or due), the ones the journey's pause holds where they are."
     )
-    pushed = serializers.IntegerField()
+    pushed = serializers.IntegerField(
+        help_text="Push steps: profiles that went through the step, its push made for them, a phone or not. What "
+        "reached a phone is in `targeted`, `sent`, `accepted` and `skipped`: a profile without a phone, not opted in "
+        "or over the frequency cap counts here and is skipped there."
+    )
     failed = serializers.IntegerField()
     exited = serializers.IntegerField(
         help_text="Left the journey here: at an exit, on the exit event, when the journey stopped, or as the "
