@@ -364,6 +364,29 @@ def test_an_import_names_its_segment_only_to_a_reader_who_may_see_it(
         assert "Secret VIPs" not in page and f"segment #{segment.pk}" in page, url
 
 
+@pytest.mark.parametrize("lookup", ["segment_name__icontains", "segment_name__startswith"])
+def test_an_imports_list_asked_by_the_new_segments_name_does_not_spell_out_one_its_reader_may_not_see(
+    login, manager_alice, admin_erin, media, django_capture_on_commit_callbacks, lookup
+):
+    """The list takes a lookup on any of its fields in its address, as Django's lists do: asked
+    whether the name typed for an import's new segment starts with a letter, then the next, it spelt
+    out the name of a segment it says by number. That lookup is refused to whoever does not see
+    every object; an Administrator still asks it."""
+    upload = SimpleUploadedFile("people.csv", b"external_id\nu1\n", content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        record = import_create(upload=upload, by=manager_alice, target="new_segment", segment_name="Secret VIPs")
+    record.refresh_from_db()
+    access_revoke(obj=record.segment, to=manager_alice, by=admin_erin)
+    client = login(manager_alice)
+    assert f"segment #{record.segment_id}" in client.get("/admin/audiences/import/").content.decode()
+    answer = client.get("/admin/audiences/import/", {lookup: "Secret V"})
+    assert answer.status_code == 400
+    assert f"segment #{record.segment_id}" not in answer.content.decode()
+    answer = login(admin_erin).get("/admin/audiences/import/", {lookup: "Secret V"})
+    assert answer.status_code == 200
+    assert [row.pk for row in answer.context["cl"].result_list] == [record.pk]
+
+
 def test_an_imports_page_gives_the_files_size_with_its_unit(
     login, manager_alice, media, django_capture_on_commit_callbacks
 ):
