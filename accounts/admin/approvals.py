@@ -226,6 +226,8 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
         "fingerprint",
     )
     fields = readonly_fields
+    # The subject's name and copy kept with the request: said by number to whoever no longer sees it.
+    withheld_fields = ("subject_label", "snapshot")
 
     def get_queryset(self, request):
         return approval_requests_visible_to(request.user)

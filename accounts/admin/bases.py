@@ -339,14 +339,25 @@ REFUSED_LOOKUPS = frozenset({"regex", "iregex", "range", "year", "iso_year"})
 
 
 class BoundedLookupsMixin:
-    """An admin whose list refuses the query-string lookups of ``REFUSED_LOOKUPS``."""
+    """An admin whose list refuses the query-string lookups of ``REFUSED_LOOKUPS``, and those on its
+    ``withheld_fields`` to whoever does not see every object."""
+
+    # The fields whose value a page says only to a reader who may see what it names (a subject's
+    # name kept on a row, say): Django's list takes a lookup on any field in its address, and
+    # asked letter by letter (``?name__startswith=S``), it would spell the value out.
+    withheld_fields: tuple[str, ...] = ()
 
     def lookup_allowed(self, lookup, value, request=None):
         """Refuse (400) a query-string lookup that no filter of the list makes and that fails as the
         list is read rather than as Django builds its filter (which it refuses with ``?e=1``): a
         regular expression the database cannot compile, or one that backtracks for minutes; a range
         that is not two values; a year outside the calendar. The date hierarchy's own year, month
-        and day are checked by ``BoundedDateChangeList``."""
+        and day are checked by ``BoundedDateChangeList``. A lookup on one of ``withheld_fields`` is
+        refused to whoever does not see every object."""
+        if lookup.split(LOOKUP_SEP, 1)[0] in self.withheld_fields and (
+            request is None or not has_every_scope(request.user)
+        ):
+            return False
         if self.date_hierarchy and lookup in {f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day")}:
             return super().lookup_allowed(lookup, value, request)
         if REFUSED_LOOKUPS.intersection(lookup.split(LOOKUP_SEP)[1:]):

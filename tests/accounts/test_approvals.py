@@ -398,3 +398,27 @@ def test_the_request_list_names_hidden_campaigns_in_as_many_queries_for_many_row
         rows = _rows(client.get(url))
     assert all(f">Seen {i}</a>" in rows for i in range(6))
     assert all(f">campaign #{campaign.pk}</a>" in rows for campaign in hidden) and "Gone" not in rows
+
+
+@pytest.mark.parametrize("lookup", ["subject_label__startswith", "subject_label__icontains", "snapshot__icontains"])
+def test_the_request_list_asked_by_a_hidden_campaign_s_name_does_not_spell_it_out(
+    client, manager_alice, approver_bob, admin_erin, lookup
+):
+    """The list takes a lookup on any of its fields in its address, as Django's lists do: asked
+    whether a request's subject (or its snapshot) starts with a letter, then the next, it spelt out
+    the name of a campaign it says by number to its requester who lost access to it. Those lookups
+    are refused to whoever does not see every object; an Administrator still asks them."""
+    from tests.factories import app_granted
+
+    other = app_granted(manager_alice, approver_bob, name="Other")
+    gone, request = _campaign_submitted(other, manager_alice, "Gone launch")
+    _revoke_everything(manager_alice, other, gone)
+    client.force_login(manager_alice)
+    assert f">campaign #{gone.pk}</a>" in _rows(client.get("/admin/accounts/approvalrequest/?show=my_requests"))
+    answer = client.get("/admin/accounts/approvalrequest/", {"show": "my_requests", lookup: "Gone l"})
+    assert answer.status_code == 400
+    assert f"campaign #{gone.pk}" not in answer.content.decode()
+    client.force_login(admin_erin)
+    answer = client.get("/admin/accounts/approvalrequest/", {"show": "all", lookup: "Gone l"})
+    assert answer.status_code == 200
+    assert [row.pk for row in answer.context["cl"].result_list] == [request.pk]
