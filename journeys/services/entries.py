@@ -71,7 +71,8 @@ def _enter(
     hold: bool = False,
 ):
     """Enroll the audience's profiles in one INSERT … SELECT, obeying the re-entry policy; return
-    how many entered (``returning``: the new enrollments, ``(id, profile_id, its time zone)``).
+    how many entered (``returning``: the new enrollments, ``(id, profile_id, its time zone)``, and
+    whether they entered held, ``hold`` having found the journey paused).
 
     A profile enters when it never entered the journey, or (re-entry after a wait) when it has
     no open enrollment and its last entry is at least the wait old at ``as_of`` (``now`` unless
@@ -97,7 +98,7 @@ def _enter(
     """
     entry = entry_of(version.steps())
     if entry is None:
-        return [] if returning else 0
+        return ([], False) if returning else 0
     reentry = version.reentry == JourneyVersion.Reentry.AFTER_WAIT
     postgres = connection.vendor == "postgresql"
     empty = "'[]'::jsonb" if postgres else "'[]'"
@@ -114,7 +115,8 @@ def _enter(
         f"%s, %s, '', {empty} "
         f"FROM ({audience_sql}) p CROSS JOIN {live} {prev} "
         "WHERE prev.n IS NULL OR (%s AND prev.busy = 0 AND prev.last_at <= %s) "
-        "ORDER BY p.id ON CONFLICT DO NOTHING" + (" RETURNING id, profile_id" if returning else "")
+        "ORDER BY p.id ON CONFLICT DO NOTHING"
+        + (" RETURNING id, profile_id, CASE WHEN held_due_at IS NULL THEN 0 ELSE 1 END AS held" if returning else "")
     )
     params = [
         version.journey_id,
@@ -137,7 +139,7 @@ def _enter(
     ]
     if returning and postgres:  # with each one's time zone, which its first steps need
         sql = (
-            f"WITH entered AS ({sql}) SELECT entered.id, entered.profile_id, z.timezone "  # noqa: S608 (constants)
+            f"WITH entered AS ({sql}) SELECT entered.id, entered.profile_id, z.timezone, entered.held "  # noqa: S608 (constants)
             "FROM entered JOIN audiences_profile z ON z.id = entered.profile_id"
         )
     # An event's few profiles make the same statement every time: its plan is kept per connection.
@@ -147,12 +149,15 @@ def _enter(
         if not returning:
             return max(cursor.rowcount, 0)
         entered = sorted(cursor.fetchall())
-    if not postgres and entered:
+    held = any(row[-1] for row in entered)
+    if postgres:
+        entered = [(pk, profile_id, zone) for pk, profile_id, zone, _ in entered]
+    elif entered:
         from journeys.services.engine import _profile_zones
 
-        zones = _profile_zones([profile_id for _, profile_id in entered])
-        entered = [(pk, profile_id, zones.get(profile_id, "")) for pk, profile_id in entered]
-    return entered
+        zones = _profile_zones([row[1] for row in entered])
+        entered = [(pk, profile_id, zones.get(profile_id, "")) for pk, profile_id, _ in entered]
+    return entered, held
 
 
 def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) -> int:
@@ -237,6 +242,10 @@ def journeys_events_received(
 
     A paused journey's entry event enters no one: it is counted on the journey's entry step
     (``skipped_paused``, once per profile and call); its exit event ends its profiles as a live one's.
+    One paused after the call read it live (a pause committed before its entry is written) is
+    entered all the same, its profiles held where the pause holds whoever is inside, to go on at
+    the resume: every entry event is either entered or counted (the entry re-reads the journey's
+    status in its own statement, no query more).
     Replayed after the resume, events stored during the pause enter no one either (counted so).
     Replayed during a pause, events stored before it enter their profiles held, as the pause holds
     whoever is inside (``_enter``'s ``hold``): they go on from the entry step at the resume.
@@ -305,12 +314,15 @@ def journeys_events_received(
     _count_not_entered(events, {SKIPPED_PAUSED: held if replay else paused, SKIPPED_NOT_LIVE: not_live})
     stored_since = _exits_stored_since(candidates, events, event_ids, received_at)
     for version in candidates:
-        hold = version in paused
         entering = _latest(events, version.entry_event)
         ending = _exited_since_entering(version, entering, events, names, stored_since)
         audience, param = _event_audience(sorted(entering))
         with transaction.atomic(savepoint=False):
-            enrolled = _enter(version, audience, [param], now=now, returning=True, few=True, as_of=as_of, hold=hold)
+            # ``hold``: a journey read live here may be paused by now (a pause committed since):
+            # its profiles enter held, as the pause holds whoever is inside, counted as entered.
+            enrolled, hold = _enter(
+                version, audience, [param], now=now, returning=True, few=True, as_of=as_of, hold=True
+            )
             journeys_run_entered(
                 enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending, entered_at=as_of, held=hold
             )

@@ -564,3 +564,61 @@ def test_the_pauses_made_before_they_were_kept_are_read_back_from_the_resumes_au
     assert found[2][1] is None
     for (_, ended), (_, was) in zip(found[:2], kept[:2], strict=True):
         assert abs(ended - was) < dt.timedelta(seconds=1)  # the resume's audit event, written with it
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_entry_event_read_live_just_before_a_pause_enters_held_and_is_accounted_for(
+    sim_journey, sim_welcome, sim_team, publish, manager_alice, monkeypatch
+):
+    """The events call reads the live journeys, then a pause commits before the entry is written:
+    the profile enters held where the pause holds everyone (no push while paused), and goes on at
+    the resume; it is never lost between the two figures."""
+    import threading
+
+    from journeys.services import entries
+    from tests.locks import concurrently
+
+    graph = {
+        "steps": [
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = publish(sim_journey(graph=graph, entry_kind="event", entry_event="order_paid", entry_segment=None))
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=sim_team)
+    read, paused = threading.Event(), threading.Event()
+    live_for_events = entries._live_for_events
+
+    def read_then_wait_for_the_pause(*args, **kwargs):
+        live = live_for_events(*args, **kwargs)
+        read.set()
+        assert paused.wait(10)
+        return live
+
+    monkeypatch.setattr(entries, "_live_for_events", read_then_wait_for_the_pause)
+    counts = {}
+
+    def events_call():
+        counts.update(journeys_events_received(events=[(zoe.pk, "order_paid", timezone.now())]))
+
+    def pause():
+        assert read.wait(10)
+        journey_pause(journey_id=journey.pk, by=manager_alice)
+        paused.set()
+
+    assert concurrently(events_call, pause) == []
+    monkeypatch.setattr(entries, "_live_for_events", live_for_events)
+    stats = version_step_stats(journey.live_version)["thanks"]
+    entered = Enrollment.objects.filter(profile=zoe).count()
+    assert entered + stats.get("skipped_paused", 0) == 1
+    enrollment = Enrollment.objects.get(profile=zoe)
+    assert (enrollment.step, enrollment.status, enrollment.due_at) == ("thanks", "active", None)
+    assert enrollment.held_due_at is not None
+    assert counts["entered"] == 1
+    assert not Delivery.objects.exists()
+
+    journey_resume(journey_id=journey.pk, by=manager_alice)
+    journeys_run_due(now=timezone.now() + dt.timedelta(seconds=5))
+    assert Enrollment.objects.get(profile=zoe).status == "completed"
+    assert Delivery.objects.count() == 1
