@@ -12,6 +12,7 @@ import datetime as dt
 
 from django.contrib import admin
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet, Value
+from django.db.models.constants import LOOKUP_SEP
 from django.utils import timezone
 
 from accounts.admin.bases import BigTableAdmin, ReadOnlyAdminMixin, SinceFilter
@@ -53,6 +54,13 @@ class IdempotentRequestAdmin(ReadOnlyAdminMixin, BigTableAdmin):
 
     def get_queryset(self, request):
         return self.records_visible_to(request.user).annotate(api_key_named=self._key_named(request.user))
+
+    def lookup_allowed(self, lookup, value, request=None):
+        """Refuse (400) a lookup on the stored answer, to everyone: the list never shows it, and
+        asked letter by letter (``?response_body__icontains=j``) it spelt out what it holds."""
+        if lookup.split(LOOKUP_SEP, 1)[0] == "response_body":
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
     def records_visible_to(self, user) -> QuerySet:
         raise NotImplementedError

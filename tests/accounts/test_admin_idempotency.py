@@ -148,6 +148,22 @@ def test_a_search_or_filter_reveals_no_record_outside_the_reader_s_access(
         assert "seeds-9" not in listed and key.prefix not in listed, lookup
 
 
+@pytest.mark.parametrize("lookup", ["response_body__icontains", "response_body__results__0__external_id"])
+@pytest.mark.parametrize("who", ["viewer_carol", "admin_erin"])
+def test_a_list_asked_by_the_stored_answer_is_refused_and_does_not_spell_it_out(
+    client, shop, records, who, lookup, request
+):
+    """The lists take a lookup on any field in their address, as Django's lists do: asked whether a
+    stored answer holds a letter, then the next, they spelt out the personal data they never show
+    (an events call's answer names its profiles). Nobody asks them by the answer: 400."""
+    access_grant(obj=shop, to=request.getfixturevalue("viewer_carol"), by=None)
+    client.force_login(request.getfixturevalue(who))
+    for name in LISTS:
+        answer = client.get(reverse(name), {lookup: PERSONAL[:8]})
+        assert answer.status_code == 400, name
+        assert 'class="field-idempotency_key"' not in answer.content.decode(), name
+
+
 def test_a_key_s_owner_reads_its_events_calls_and_its_name(client, records, viewer_carol):
     """A Viewer who owns a key (made under an earlier role) reads that key's records, named."""
     admin = UserFactory(role="Administrator")
