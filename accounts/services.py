@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied, ValidationError
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
@@ -92,6 +92,7 @@ def access_revoke(*, obj: models.Model, to: User | Group, by: User | None) -> No
     _ensure_can_manage_access(by)
     whose = f"the group {to.name}" if isinstance(to, Group) else to.get_username()
     with transaction.atomic():
+        approval_policies_lock()
         with approval_policies_kept_decidable(
             doing=f"Revoking {whose}'s access",
             fix="Give another of its approvers access first",
@@ -100,6 +101,25 @@ def access_revoke(*, obj: models.Model, to: User | Group, by: User | None) -> No
         ):
             remove_perm(access_perm(type(obj)), to, obj)
         audit(actor=by, action="access_revoked", obj=obj, summary={"from": _principal_label(to)})
+
+
+# The advisory lock class of the changes that can leave an approval policy with no one to decide
+# (its object id is 0): a constant of ours, as ``delivery.rules._CAP_LOCK_CLASS`` is.
+_DECIDERS_LOCK_CLASS = 0x50C7
+
+
+def approval_policies_lock() -> None:
+    """Hold, until commit, the right to change who may decide approval policies' requests: a
+    revoke, a user's deletion, deactivation or roles, a team's members, a group's deletion. Two
+    such changes each checked what it left with the other's change unseen (a removal from one team
+    and one from another, or a team's and a user's role), each passed, and together left a policy
+    with no one to decide; the second now waits for the first to commit and checks after it.
+    Taken first in the transaction, holding nothing (re-taking it is free); a transaction-level
+    advisory lock, no-op on SQLite, whose writers take turns."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, 0)", [_DECIDERS_LOCK_CLASS])
 
 
 @contextlib.contextmanager
@@ -112,11 +132,14 @@ def approval_policies_kept_decidable(*, doing: str, fix: str, undone: str, app: 
     app's requests are asked (those naming it, and those naming no app, which govern every app's),
     for it alone; an object other than an app leaves every policy as it was.
 
-    Call inside ``transaction.atomic()``: raised out of it, the change is undone.
+    Call inside ``transaction.atomic()``: raised out of it, the change is undone. Serialised with
+    every other such change (``approval_policies_lock``, which the caller takes first in its
+    transaction, before any row lock, and which is taken here again in case it did not).
     """
     if app is not None and app._meta.label != "delivery.App":
         yield
         return
+    approval_policies_lock()
     before = _active_policy_problems(app)
     yield
     stranded = {
@@ -153,6 +176,7 @@ def user_delete(*, user_id: int, by: User) -> None:
     if not by.has_perm("accounts.delete_user"):
         raise PermissionDenied("Only an Administrator deletes users.")
     with transaction.atomic():
+        approval_policies_lock()
         user = User.objects.select_for_update().get(pk=user_id)
         if user.is_superuser and not by.is_superuser:
             raise PermissionDenied("Only a superuser deletes a superuser's account.")
@@ -176,6 +200,7 @@ def group_delete(*, group_id: int, by: User) -> None:
     if not by.has_perm("auth.delete_group"):
         raise PermissionDenied("Only an Administrator deletes groups.")
     with transaction.atomic():
+        approval_policies_lock()
         group = Group.objects.select_for_update().get(pk=group_id)
         name = group.name
         with approval_policies_kept_decidable(
@@ -194,6 +219,7 @@ def team_members_set(*, group_id: int, members: Iterable[User], by: User) -> tup
     """
     members = list(members)
     with transaction.atomic():
+        approval_policies_lock()
         held = set(_team_locked(group_id=group_id, by=by).user_set.all())
         return team_members_change(group_id=group_id, add=set(members) - held, remove=held - set(members), by=by)
 
@@ -208,8 +234,9 @@ def team_members_change(
     ``team_members_changed`` (the usernames added and taken out), nothing when no one is. Returns
     the usernames added and taken out.
 
-    Locks the team's row, then the rows of the users it changes (in id order), so that changes of
-    one team, and of one user's groups (``user_roles_change``), wait for each other.
+    Takes ``approval_policies_lock``, then locks the team's row, then the rows of the users it
+    changes (in id order), so that changes of one team, and of one user's groups
+    (``user_roles_change``), wait for each other.
 
     Raises PermissionDenied when ``by`` may not change groups, or would put a superuser in or take
     one out and is not one (``team_members_change_refused``); ValidationError when the group is a
@@ -219,6 +246,7 @@ def team_members_change(
     made first, so a policy's only approver replaced by another in one call is no refusal.
     """
     with transaction.atomic():
+        approval_policies_lock()
         group = _team_locked(group_id=group_id, by=by)
         asked = {user.pk for user in add} | {user.pk for user in remove}
         users = {user.pk: user for user in User.objects.select_for_update().filter(pk__in=asked).order_by("pk")}
@@ -279,6 +307,7 @@ def user_roles_change(*, user_id: int, add: Iterable[Group] = (), remove: Iterab
     if any(group.name not in ROLES for group in [*add, *remove]):
         raise ValidationError("Only roles are given or taken on a user's page: a team's members are set on its page.")
     with transaction.atomic():
+        approval_policies_lock()
         user = User.objects.select_for_update().get(pk=user_id)
         if user.is_superuser and not by.is_superuser:
             raise PermissionDenied("Only a superuser changes a superuser's roles.")

@@ -32,6 +32,7 @@ from accounts.services import (
     access_grant,
     access_revoke,
     approval_policies_kept_decidable,
+    approval_policies_lock,
     audit,
     group_delete,
     team_members_change,
@@ -187,6 +188,8 @@ class PoliciesKeptDecidable:
     def _changeform_view(self, request, object_id, form_url, extra_context):
         try:
             with transaction.atomic(using=router.db_for_write(self.model)):
+                if request.method == "POST":  # before the save's row locks (``approval_policies_lock``)
+                    approval_policies_lock()
                 return super()._changeform_view(request, object_id, form_url, extra_context)
         except ValidationError as exc:
             self.message_user(request, f"{' '.join(exc.messages)} Your changes were not saved.", messages.ERROR)

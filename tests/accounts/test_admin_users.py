@@ -1067,3 +1067,53 @@ def test_a_forged_list_of_the_members_a_page_showed_is_an_error_on_the_field_cha
     answer = client.post(user_url, {**change_form(viewer_carol, roles=["Manager"]), "initial-groups": [forged]})
     assert answer.status_code == 200 and "groups" in answer.context["adminform"].form.errors
     assert sorted(User.objects.get(pk=viewer_carol.pk).groups.values_list("name", flat=True)) == ["Viewer"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_teams_taking_out_a_policy_s_last_two_approvers_at_once_refuse_one(
+    admin_erin, approver_bob, shop, monkeypatch
+):
+    """A policy names two teams, each with one approver: taking each out of their team at the same
+    time, each change alone leaves the other to decide; one waits for the other and is refused."""
+    import threading
+
+    from django.core.exceptions import ValidationError
+
+    from accounts import services
+    from accounts.models import ApprovalPolicy
+    from accounts.services import approval_policy_activate, team_members_change
+    from tests.locks import concurrently
+
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    teams = [Group.objects.create(name=name) for name in ("Shop reviewers", "Shop legal")]
+    for approver, team in zip((approver_bob, approver_fay), teams, strict=True):
+        approver.groups.add(team)
+        access_grant(obj=shop, to=approver, by=admin_erin)
+    policy = ApprovalPolicy.objects.create(name="Shop marketing", app_ids=[shop.pk], applies_to_campaigns=True)
+    policy.approver_groups.set(teams)
+    approval_policy_activate(policy_id=policy.pk, by=admin_erin)
+
+    # Each change is made before the other checks what it left: both wait here, after their change.
+    both_changed, calls = threading.Barrier(2), threading.local()
+    problems = services._active_policy_problems
+
+    def checked_once_both_changed(*args, **kwargs):
+        calls.n = getattr(calls, "n", 0) + 1
+        if calls.n == 2:
+            try:
+                both_changed.wait(3)
+            except threading.BrokenBarrierError:  # the other waits for this one's commit
+                pass
+        return problems(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_active_policy_problems", checked_once_both_changed)
+    errors = concurrently(
+        lambda: team_members_change(group_id=teams[0].pk, remove=[approver_bob], by=admin_erin),
+        lambda: team_members_change(group_id=teams[1].pk, remove=[approver_fay], by=admin_erin),
+    )
+    monkeypatch.setattr(services, "_active_policy_problems", problems)
+    assert [type(error) for error in errors] == [ValidationError]
+    assert "'Shop marketing'" in str(errors[0])
+    left = sorted(team.name for team in teams if team.user_set.exists())
+    assert len(left) == 1
+    assert not services._active_policy_problems()
