@@ -1117,3 +1117,59 @@ def test_two_teams_taking_out_a_policy_s_last_two_approvers_at_once_refuse_one(
     left = sorted(team.name for team in teams if team.user_set.exists())
     assert len(left) == 1
     assert not services._active_policy_problems()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_team_and_a_user_s_page_taking_a_policy_s_last_two_deciders_at_once_refuse_one(
+    admin_erin, approver_bob, shop, monkeypatch
+):
+    """A policy names approver_bob (access of his own) and approver_fay (access through a team):
+    fay taken out of the team while bob's page makes him a Manager, at the same time; one of the
+    two waits for the other and is refused, and the policy keeps someone to decide."""
+    import threading
+
+    from django.core.exceptions import ValidationError
+    from django.test import Client
+
+    from accounts import services
+    from accounts.services import team_members_change
+    from tests.locks import concurrently
+
+    approver_fay = UserFactory(username="approver_fay", role="Approver")
+    team = Group.objects.create(name="Shop reviewers")
+    approver_fay.groups.add(team)
+    access_grant(obj=shop, to=team, by=admin_erin)
+    access_grant(obj=shop, to=approver_bob, by=admin_erin)
+    _policy_naming(admin_erin, shop, approver_bob, approver_fay)
+    both_changed, calls = threading.Barrier(2), threading.local()
+    problems = services._active_policy_problems
+
+    def checked_once_both_changed(*args, **kwargs):
+        calls.n = getattr(calls, "n", 0) + 1
+        if calls.n == 2:
+            try:
+                both_changed.wait(3)
+            except threading.BrokenBarrierError:  # the other waits for this one's commit
+                pass
+        return problems(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_active_policy_problems", checked_once_both_changed)
+    pages = []
+
+    def make_bob_a_manager():
+        client = Client()
+        client.force_login(admin_erin)
+        url = f"/admin/accounts/user/{approver_bob.pk}/change/"
+        answer = client.post(url, change_form(approver_bob, roles=["Manager"]))
+        pages.append(html.unescape(client.get(answer.url).content.decode()))
+
+    errors = concurrently(
+        lambda: team_members_change(group_id=team.pk, remove=[approver_fay], by=admin_erin), make_bob_a_manager
+    )
+    monkeypatch.setattr(services, "_active_policy_problems", problems)
+    refused_page = "could not be decided" in pages[0]
+    assert [type(error) for error in errors] == ([] if refused_page else [ValidationError])
+    bob_kept = User.objects.get(pk=approver_bob.pk).role_names() == ["Approver"]
+    fay_kept = team.user_set.filter(pk=approver_fay.pk).exists()
+    assert (bob_kept, fay_kept) in ((True, False), (False, True))
+    assert not services._active_policy_problems()
