@@ -125,6 +125,7 @@ class AuditEventAdmin(ReadOnlyAdminMixin, BigTableAdmin):
 
     # The fields a reader who may not see an event's object reads withheld (``_withheld``).
     withheld_fields = ("object_label", "summary")
+    withheld_columns = ("object_label",)
 
     def get_queryset(self, request):
         return audit_events_visible_to(request.user).select_related("object_type")

@@ -284,6 +284,12 @@ class BoundedDateChangeList(ChangeList):
                     raise IncorrectLookupParameters(f"No {part} {value[:20]} in the calendar.")
         return super().get_filters(request)
 
+    def get_ordering_field(self, field_name):
+        # Django sorts by any column named in ``?o=``, sortable or not: only the sortable ones sort.
+        if self.sortable_by is not None and field_name not in self.sortable_by:
+            return None
+        return super().get_ordering_field(field_name)
+
 
 def row_id(model, value):
     """``value`` (from a form) as the id of one of ``model``'s rows, or None when it cannot be one:
@@ -346,6 +352,15 @@ class BoundedLookupsMixin:
     # name kept on a row, say): Django's list takes a lookup on any field in its address, and
     # asked letter by letter (``?name__startswith=S``), it would spell the value out.
     withheld_fields: tuple[str, ...] = ()
+    # The list's columns that say such a value (or a name) only to whoever may see it: sorted by
+    # them, the list would place a row among the reader's own by what it withholds.
+    withheld_columns: tuple[str, ...] = ()
+
+    def get_sortable_by(self, request):
+        sortable = super().get_sortable_by(request)
+        if self.withheld_columns and not has_every_scope(request.user):
+            return [column for column in sortable if column not in self.withheld_columns]
+        return sortable
 
     def lookup_allowed(self, lookup, value, request=None):
         """Refuse (400) a query-string lookup that no filter of the list makes and that fails as the

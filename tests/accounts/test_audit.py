@@ -247,3 +247,33 @@ def test_a_readers_list_asked_by_a_withheld_field_finds_no_event_of_an_object_th
     answer = client.get("/admin/accounts/auditevent/", {lookup: "Secret b"})
     assert answer.status_code == 200
     assert [event.object_id for event in answer.context["cl"].result_list] == [str(hidden.pk)]
+
+
+def test_a_readers_list_sorted_by_object_does_not_place_an_object_they_may_not_see_by_its_name(
+    client, manager_alice, admin_erin
+):
+    """Sorted by the object's column, the list placed an event whose object it names by number
+    among the reader's own by the name it withholds: between "Secret a" and "Secret z", a reader
+    could narrow the name down letter by letter with objects of their own. That column is not
+    sortable to whoever does not see every object; an Administrator still sorts by it."""
+    from accounts.services import access_grant
+    from tests.factories import SegmentFactory
+
+    hidden = SegmentFactory(name="Secret m", created_by=manager_alice)
+    audit(actor=manager_alice, action="segment_created", obj=hidden)
+    for name in ("Secret a", "Secret z"):
+        seen = SegmentFactory(name=name, created_by=manager_alice)
+        access_grant(obj=seen, to=manager_alice, by=None)
+        audit(actor=manager_alice, action="segment_created", obj=seen)
+
+    def order(user, sort: bool) -> list[str]:
+        client.force_login(user)
+        listed = client.get("/admin/accounts/auditevent/")
+        column = list(listed.context["cl"].list_display).index("object_label")
+        if sort:
+            listed = client.get("/admin/accounts/auditevent/", {"o": str(column)})
+        return [event.object_label for event in listed.context["cl"].result_list if event.action == "segment_created"]
+
+    assert order(manager_alice, sort=False) == ["Secret z", "Secret a", f"segment #{hidden.pk}"]
+    assert order(manager_alice, sort=True) == ["Secret z", "Secret a", f"segment #{hidden.pk}"]
+    assert order(admin_erin, sort=True) == ["Secret a", "Secret m", "Secret z"]
