@@ -142,6 +142,7 @@ class ImportAdmin(AccessAdmin):
     list_filter = ("status", "target")
     # The name typed for the new segment: ``segment_shown`` says it by number to whoever no longer sees it.
     withheld_fields = ("segment_name",)
+    withheld_columns = ("segment_shown",)  # sorted by the segment's name, which it may withhold
     list_select_related = ("segment", "created_by")
     actions = ["restart_imports"]
     readonly_fields = (

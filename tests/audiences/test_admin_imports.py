@@ -387,6 +387,36 @@ def test_an_imports_list_asked_by_the_new_segments_name_does_not_spell_out_one_i
     assert [row.pk for row in answer.context["cl"].result_list] == [record.pk]
 
 
+def test_an_imports_list_sorted_by_segment_does_not_place_one_its_reader_may_not_see_by_its_name(
+    login, manager_alice, admin_erin, media, django_capture_on_commit_callbacks
+):
+    """Sorted by its segment column (?o=), the list placed an import into a segment it names by
+    number among the reader's others by the name it withholds: between "Secret a" and "Secret z",
+    segments of their own named letter by letter narrowed it down. That column is not sortable to
+    whoever does not see every object; an Administrator still sorts by it."""
+    records = {}
+    for name in ("Secret m", "Secret a", "Secret z"):
+        segment = segment_create(name=name, kind=Segment.Kind.STATIC, by=manager_alice)
+        upload = SimpleUploadedFile("people.csv", b"external_id\nu1\n", content_type="text/csv")
+        with django_capture_on_commit_callbacks(execute=True):
+            records[name] = import_create(
+                upload=upload, by=manager_alice, target="add_to_segment", segment_id=segment.pk
+            )
+    access_revoke(obj=records["Secret m"].segment, to=manager_alice, by=admin_erin)
+
+    def order(user, sort: bool) -> list[int]:
+        client = login(user)
+        listed = client.get("/admin/audiences/import/")
+        column = list(listed.context["cl"].list_display).index("segment_shown")
+        if sort:
+            listed = client.get("/admin/audiences/import/", {"o": str(column)})
+        return [row.pk for row in listed.context["cl"].result_list]
+
+    unsorted = order(manager_alice, sort=False)
+    assert order(manager_alice, sort=True) == unsorted
+    assert order(admin_erin, sort=True) == [records[name].pk for name in ("Secret a", "Secret m", "Secret z")]
+
+
 def test_an_imports_page_gives_the_files_size_with_its_unit(
     login, manager_alice, media, django_capture_on_commit_callbacks
 ):
