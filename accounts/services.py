@@ -507,10 +507,13 @@ def approval_policy_activate(*, policy_id: int, by: User) -> ApprovalPolicy:
     """Activate a policy: from now on it governs new requests it matches (the newest activated wins).
 
     Raises ValidationError when none of its approvers could decide its requests (role or access).
+    Serialised with the changes of who may decide (``approval_policies_lock``): one made meanwhile,
+    which checks only the policies active, is checked after the activation, or before its check.
     """
     if not by.has_perm("accounts.change_approvalpolicy"):
         raise PermissionDenied("Only an Administrator manages approval policies.")
     with transaction.atomic():
+        approval_policies_lock()
         policy = ApprovalPolicy.objects.select_for_update().get(pk=policy_id)
         if not (policy.approver_users.exists() or policy.approver_groups.exists()):
             raise ValidationError("A policy needs at least one approver (a user or a group) before it is activated.")

@@ -1173,3 +1173,58 @@ def test_a_team_and_a_user_s_page_taking_a_policy_s_last_two_deciders_at_once_re
     fay_kept = team.user_set.filter(pk=approver_fay.pk).exists()
     assert (bob_kept, fay_kept) in ((True, False), (False, True))
     assert not services._active_policy_problems()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_policy_activated_while_a_team_takes_out_its_only_decider_refuses_one_of_the_two(
+    admin_erin, approver_bob, shop, monkeypatch
+):
+    """The activation checks approver_bob may decide (through his team) while the team takes him
+    out, which checks only the policies active: one waits for the other and is refused."""
+    import threading
+
+    from django.core.exceptions import ValidationError
+
+    from accounts import services
+    from accounts.models import ApprovalPolicy
+    from accounts.services import approval_policy_activate, team_members_change
+    from tests.locks import concurrently
+
+    team = Group.objects.create(name="Shop reviewers")
+    approver_bob.groups.add(team)
+    access_grant(obj=shop, to=team, by=admin_erin)
+    policy = ApprovalPolicy.objects.create(name="Shop marketing", app_ids=[shop.pk], applies_to_campaigns=True)
+    policy.approver_users.set([approver_bob])
+    both_checked, calls = threading.Barrier(2), threading.local()
+    approver_problems, active_problems = services.policy_approver_problems, services._active_policy_problems
+
+    def meet():
+        try:
+            both_checked.wait(3)
+        except threading.BrokenBarrierError:  # the other waits for this one's commit
+            pass
+
+    def activation_checked(*args, **kwargs):
+        found = approver_problems(*args, **kwargs)
+        if getattr(calls, "activating", False):
+            meet()
+        return found
+
+    def removal_checked(*args, **kwargs):
+        calls.n = getattr(calls, "n", 0) + 1
+        if calls.n == 2:
+            meet()
+        return active_problems(*args, **kwargs)
+
+    monkeypatch.setattr(services, "policy_approver_problems", activation_checked)
+    monkeypatch.setattr(services, "_active_policy_problems", removal_checked)
+
+    def activate():
+        calls.activating = True
+        approval_policy_activate(policy_id=policy.pk, by=admin_erin)
+
+    errors = concurrently(activate, lambda: team_members_change(group_id=team.pk, remove=[approver_bob], by=admin_erin))
+    monkeypatch.setattr(services, "policy_approver_problems", approver_problems)
+    monkeypatch.setattr(services, "_active_policy_problems", active_problems)
+    assert [type(error) for error in errors] == [ValidationError]
+    assert not services._active_policy_problems()
