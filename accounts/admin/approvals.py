@@ -228,6 +228,7 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
     fields = readonly_fields
     # The subject's name and copy kept with the request: said by number to whoever no longer sees it.
     withheld_fields = ("subject_label", "snapshot")
+    withheld_columns = ("what",)  # sorted by the subject's name, which it may withhold
 
     def get_queryset(self, request):
         return approval_requests_visible_to(request.user)

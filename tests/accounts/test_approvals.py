@@ -422,3 +422,34 @@ def test_the_request_list_asked_by_a_hidden_campaign_s_name_does_not_spell_it_ou
     answer = client.get("/admin/accounts/approvalrequest/", {"show": "all", lookup: "Gone l"})
     assert answer.status_code == 200
     assert [row.pk for row in answer.context["cl"].result_list] == [request.pk]
+
+
+def test_the_request_list_sorted_by_what_does_not_place_a_hidden_campaign_by_its_name(
+    client, manager_alice, approver_bob, admin_erin
+):
+    """Sorted by its What column (?o=), the list placed a request whose campaign it names by number
+    among the requester's others by the name it withholds: between "Secret a" and "Secret z",
+    campaigns of their own named letter by letter narrowed it down. That column is not sortable to
+    whoever does not see every object; an Administrator still sorts by it."""
+    from tests.factories import app_granted
+
+    shop = app_granted(manager_alice, approver_bob)
+    other = app_granted(manager_alice, approver_bob, name="Other")
+    gone, hidden = _campaign_submitted(other, manager_alice, "Secret m")
+    requests = {"Secret m": hidden}
+    for name in ("Secret a", "Secret z"):
+        requests[name] = _campaign_submitted(shop, manager_alice, name)[1]
+    _revoke_everything(manager_alice, other, gone)
+
+    def order(user, sort: bool) -> list[int]:
+        client.force_login(user)
+        listed = client.get("/admin/accounts/approvalrequest/", {"show": "all"})
+        column = list(listed.context["cl"].list_display).index("what")
+        if sort:
+            listed = client.get("/admin/accounts/approvalrequest/", {"show": "all", "o": str(column)})
+        return [row.pk for row in listed.context["cl"].result_list]
+
+    unsorted = order(manager_alice, sort=False)
+    assert hidden.pk in unsorted
+    assert order(manager_alice, sort=True) == unsorted
+    assert order(admin_erin, sort=True) == [requests[name].pk for name in ("Secret a", "Secret m", "Secret z")]
