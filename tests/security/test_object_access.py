@@ -459,6 +459,39 @@ def test_a_send_s_list_asked_by_what_it_withholds_does_not_spell_out_the_campaig
     assert [row.pk for row in response.context["cl"].result_list] == [moved_campaign_send.pk]
 
 
+def test_a_send_s_list_sorted_by_name_does_not_place_one_by_the_campaign_it_withholds(
+    client, moved_campaign_send, viewer_carol, manager_mallory, admin_erin, django_capture_on_commit_callbacks
+):
+    """Sorted by its Dispatch column (?o=), the list placed a send whose campaign it withholds among
+    the reader's others by that campaign's name: between "Alpha" and "Zulu", campaigns named letter
+    by letter narrowed it down. That column is not sortable to whoever does not see every object;
+    an Administrator still sorts by it."""
+    from campaigns.services.lifecycle import campaign_create
+    from campaigns.services.scheduling import campaign_test_send
+
+    app, content = moved_campaign_send.app, moved_campaign_send.content
+    sends = {"Merger": moved_campaign_send.pk}
+    for name in ("Alpha", "Zulu"):
+        campaign = campaign_create(
+            by=manager_mallory, name=name, app=app, kind="api_triggered", purpose="transactional", content=content
+        )
+        with django_capture_on_commit_callbacks(execute=True):
+            sends[name] = campaign_test_send(campaign_id=campaign.pk, by=manager_mallory)[0].pk
+
+    def order(user, sort: bool) -> list[int]:
+        client.force_login(user)
+        listed = client.get("/admin/delivery/dispatch/")
+        column = list(listed.context["cl"].list_display).index("name_shown")
+        if sort:
+            listed = client.get("/admin/delivery/dispatch/", {"o": str(column)})
+        return [row.pk for row in listed.context["cl"].result_list]
+
+    unsorted = order(viewer_carol, sort=False)
+    assert sorted(unsorted) == sorted(sends.values())
+    assert order(viewer_carol, sort=True) == unsorted
+    assert order(admin_erin, sort=True) == [sends[name] for name in ("Alpha", "Merger", "Zulu")]
+
+
 @pytest.mark.presses("delivery.dispatch:stop")
 def test_stopping_a_send_names_no_campaign_its_reader_may_not_see(client, moved_campaign_send, manager_alice):
     from django.contrib.messages import get_messages
