@@ -400,6 +400,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     lifecycle_delete = staticmethod(campaign_delete)
     form = CampaignForm
     list_display = ("name", "app_shown", "kind", "purpose", "status", "next_send", "owner", "updated")
+    # Sorted by the app's name, which it says by number to a reader granted the campaign alone.
+    withheld_columns = ("app_shown",)
     list_filter = (_StatusFilter, "kind", "purpose", "app")
     list_select_related = ("app", "owner")
     search_fields = ("name",)

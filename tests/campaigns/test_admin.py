@@ -1651,3 +1651,44 @@ def test_an_approved_campaign_says_it_is_scheduled_until_its_first_send_then_sen
     page = client.get(url)
     assert said(page).endswith(") is sending."), said(page)
     assert "version 1 keeps sending until the revision is approved" in next(str(m) for m in page.context["messages"])
+
+
+def test_the_list_sorted_by_app_does_not_place_a_campaign_by_an_app_its_reader_may_not_see(
+    client, viewer_carol, manager_mallory, admin_erin
+):
+    """Sorted by its App column (?o=), the list placed a campaign granted without its app among
+    the reader's others by the name of the app it says by number: between "Alpha" and "Zulu", apps
+    named letter by letter narrowed it down. That column is not sortable to whoever does not see
+    every object; an Administrator still sorts by it."""
+    from accounts.services import access_grant
+    from campaigns.services.lifecycle import campaign_create
+    from tests.factories import AppFactory, PushContentFactory, SegmentFactory
+
+    segment = SegmentFactory(created_by=manager_mallory)
+    access_grant(obj=segment, to=manager_mallory, by=None)
+    campaigns = {}
+    for name in ("Merger", "Alpha", "Zulu"):
+        app = AppFactory(name=name)
+        access_grant(obj=app, to=manager_mallory, by=None)
+        campaigns[name] = campaign_create(
+            by=manager_mallory,
+            name=f"Sale in {name}",
+            app=app,
+            kind="scheduled",
+            segment=segment,
+            content=PushContentFactory(app=app),
+        )
+        access_grant(obj=app if name != "Merger" else campaigns[name], to=viewer_carol, by=None)
+
+    def order(user, sort: bool) -> list[int]:
+        client.force_login(user)
+        listed = client.get("/admin/campaigns/campaign/", {"status": "all"})
+        column = list(listed.context["cl"].list_display).index("app_shown")
+        if sort:
+            listed = client.get("/admin/campaigns/campaign/", {"status": "all", "o": str(column)})
+        return [row.pk for row in listed.context["cl"].result_list]
+
+    unsorted = order(viewer_carol, sort=False)
+    assert sorted(unsorted) == sorted(c.pk for c in campaigns.values())
+    assert order(viewer_carol, sort=True) == unsorted
+    assert order(admin_erin, sort=True) == [campaigns[name].pk for name in ("Alpha", "Merger", "Zulu")]
