@@ -2097,3 +2097,37 @@ def test_a_contents_page_says_a_live_journey_keeps_sending_it_as_approved_when_i
     assert journey.status == "live"
     live = journey.versions.get(number=1)
     assert live.frozen_specs["push"]["spec"]["title"] == "Hello"  # what its push step sends
+
+
+def test_the_list_sorted_by_app_does_not_place_a_journey_by_an_app_its_reader_may_not_see(
+    login, make_journey, manager_alice, viewer_carol, admin_erin
+):
+    """Sorted by its App column (?o=), the list placed a journey granted without its app among the
+    reader's others by the name of the app it says by number: between "Alpha" and "Zulu", apps
+    named letter by letter narrowed it down. That column is not sortable to whoever does not see
+    every object; an Administrator still sorts by it."""
+    from accounts.services import access_grant
+    from tests.factories import AppFactory
+
+    graph = {
+        "steps": [{"id": "start", "type": "wait", "seconds": 3600, "next": "done"}, {"id": "done", "type": "exit"}]
+    }
+    journeys = {}
+    for name in ("Merger", "Alpha", "Zulu"):
+        app = AppFactory(name=name)
+        access_grant(obj=app, to=manager_alice, by=None)
+        journeys[name] = make_journey(app=app, graph=graph, name=f"Welcome in {name}")
+        access_grant(obj=app if name != "Merger" else journeys[name], to=viewer_carol, by=None)
+
+    def order(user, sort: bool) -> list[int]:
+        client = login(user)
+        listed = client.get("/admin/journeys/journey/", {"status": "all"})
+        column = list(listed.context["cl"].list_display).index("app_shown")
+        if sort:
+            listed = client.get("/admin/journeys/journey/", {"status": "all", "o": str(column)})
+        return [row.pk for row in listed.context["cl"].result_list]
+
+    unsorted = order(viewer_carol, sort=False)
+    assert sorted(unsorted) == sorted(j.pk for j in journeys.values())
+    assert order(viewer_carol, sort=True) == unsorted
+    assert order(admin_erin, sort=True) == [journeys[name].pk for name in ("Alpha", "Merger", "Zulu")]
