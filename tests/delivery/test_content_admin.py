@@ -630,3 +630,32 @@ def test_saving_a_content_requests_wait_on_warns_they_must_be_submitted_again(cl
     response = client.post(url, _form(PushContent.objects.get(pk=sent.pk), name="Sent (renamed)"))
     assert response.status_code == 302
     assert [m for m in get_messages(response.wsgi_request) if m.level_tag == "warning"] == []
+
+
+def test_the_list_sorted_by_app_does_not_place_a_content_by_an_app_its_reader_may_not_see(
+    client, viewer_carol, admin_erin
+):
+    """Sorted by its App column (?o=), the list placed a content granted without its app among the
+    reader's others by the name of the app it says by number: between "Alpha" and "Zulu", apps
+    named letter by letter narrowed it down. That column is not sortable to whoever does not see
+    every object; an Administrator still sorts by it."""
+    from tests.factories import PushContentFactory
+
+    contents = {}
+    for name in ("Merger", "Alpha", "Zulu"):
+        app = AppFactory(name=name)
+        contents[name] = PushContentFactory(app=app, name=f"Hello from {name}")
+        access_grant(obj=app if name != "Merger" else contents[name], to=viewer_carol, by=None)
+
+    def order(user, sort: bool) -> list[int]:
+        client.force_login(user)
+        listed = client.get("/admin/delivery/pushcontent/")
+        column = list(listed.context["cl"].list_display).index("app_shown")
+        if sort:
+            listed = client.get("/admin/delivery/pushcontent/", {"o": str(column)})
+        return [row.pk for row in listed.context["cl"].result_list]
+
+    unsorted = order(viewer_carol, sort=False)
+    assert sorted(unsorted) == sorted(c.pk for c in contents.values())
+    assert order(viewer_carol, sort=True) == unsorted
+    assert order(admin_erin, sort=True) == [contents[name].pk for name in ("Alpha", "Merger", "Zulu")]
