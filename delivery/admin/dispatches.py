@@ -588,7 +588,9 @@ class DispatchAdmin(ScopedAdmin):
     # What a reader who may not see what sent a send (or its variants' contents) reads withheld:
     # its label and context name the campaign or journey, its variants their contents.
     withheld_fields = ("label", "context", "variants")
-    withheld_columns = ("name_shown",)  # sorted by the label, which names what sent it
+    # Sorted by the label, which names what sent it, and by the app's name, which a send of a campaign
+    # or journey granted without its app says by number.
+    withheld_columns = ("name_shown", "app_shown")
 
     def has_stop_permission(self, request):
         return request.user.has_perm("delivery.stop_dispatch")

@@ -492,6 +492,54 @@ def test_a_send_s_list_sorted_by_name_does_not_place_one_by_the_campaign_it_with
     assert order(admin_erin, sort=True) == [sends[name] for name in ("Alpha", "Merger", "Zulu")]
 
 
+def test_a_send_s_list_sorted_by_app_does_not_place_one_by_an_app_its_reader_may_not_see(
+    client, manager_mallory, viewer_carol, admin_erin
+):
+    """Sorted by its App column (?o=), the list placed a send of a campaign granted without its app
+    among the reader's others by the name of the app it says by number: between "Alpha" and "Zulu",
+    apps named letter by letter narrowed it down. That column is not sortable to whoever does not see
+    every object; an Administrator still sorts by it."""
+    from campaigns.services.lifecycle import campaign_create
+    from delivery.models import Dispatch
+    from tests.factories import AppFactory, PushContentFactory
+
+    sends = {}
+    for name in ("Merger", "Alpha", "Zulu"):
+        app = AppFactory(name=name)
+        access_grant(obj=app, to=manager_mallory, by=None)
+        content = PushContentFactory(app=app)
+        campaign = campaign_create(
+            by=manager_mallory,
+            name=f"Sale in {name}",
+            app=app,
+            kind="api_triggered",
+            purpose="transactional",
+            content=content,
+        )
+        sends[name] = Dispatch.objects.create(
+            app=app,
+            kind=Dispatch.Kind.API_TRIGGER,
+            source_id=campaign.pk,
+            content_spec=content.spec(),
+            status="done",
+            label="Sale",
+        ).pk
+        access_grant(obj=app if name != "Merger" else campaign, to=viewer_carol, by=None)
+
+    def order(user, sort: bool) -> list[int]:
+        client.force_login(user)
+        listed = client.get("/admin/delivery/dispatch/")
+        column = list(listed.context["cl"].list_display).index("app_shown")
+        if sort:
+            listed = client.get("/admin/delivery/dispatch/", {"o": str(column)})
+        return [row.pk for row in listed.context["cl"].result_list]
+
+    unsorted = order(viewer_carol, sort=False)
+    assert sorted(unsorted) == sorted(sends.values())
+    assert order(viewer_carol, sort=True) == unsorted
+    assert order(admin_erin, sort=True) == [sends[name] for name in ("Alpha", "Merger", "Zulu")]
+
+
 @pytest.mark.presses("delivery.dispatch:stop")
 def test_stopping_a_send_names_no_campaign_its_reader_may_not_see(client, moved_campaign_send, manager_alice):
     from django.contrib.messages import get_messages
