@@ -10,7 +10,8 @@ from delivery.services.contents import pushcontent_save
 def page_fields(page) -> dict:
     """The hidden fields the review's decision form posts, as a browser sends them."""
     html = page.content.decode()
-    form = html[html.index('name="_approve"') - 4000 : html.index('name="_approve"')]
+    end = html.index('name="_request_changes"')  # offered on every review, Approve only on one unchanged
+    form = html[end - 4000 : end]
     fields = {}
     for tag in re.findall(r"<input[^>]*>", form):
         if 'type="hidden"' in tag:
@@ -38,6 +39,7 @@ def test_an_approval_applies_to_what_its_review_showed(client, make_campaign, co
     page = client.get(url)
     assert "Our new collection is in" in page.content.decode()
     assert submitted not in page.content.decode()
+    assert 'name="_approve"' not in page.content.decode()  # changed since submitted: only Request changes
     content.body = submitted
     pushcontent_save(content=content, by=manager_alice)
 

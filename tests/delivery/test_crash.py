@@ -51,10 +51,8 @@ def test_worker_killed_mid_send_never_sends_twice_and_every_row_ends(
     queue = f"crash-{uuid.uuid4().hex[:8]}"
     log = str(tmp_path / "qcluster.log")
     connection.close()
-    # A test send to 1,500 phones: past the test send's usual cap, which this test is not about.
-    many = {"PUSHDESK_TEST_SEND_MAX_DEVICES": "1500"}
 
-    first = Cluster(queue, pushsim, log, env=many)
+    first = Cluster(queue, pushsim, log)
     second = None
     try:
         for _ in range(3):  # a queue in a shared Redis may be flushed by another test run: push again
@@ -75,7 +73,7 @@ def test_worker_killed_mid_send_never_sends_twice_and_every_row_ends(
         assert in_flight <= WORKERS * BATCH * 2  # per worker: one batch sending, the next one claimed
 
         pushsim.state.faults.latency_ms = 0
-        second = Cluster(queue, pushsim, log, env=many)
+        second = Cluster(queue, pushsim, log)
         time.sleep(3.5)  # the dead worker's lease runs out
         watch_until(
             queue,

@@ -28,7 +28,8 @@ def database_url() -> str:
 
 def worker_environment(queue: str, pushsim, **extra) -> dict:
     """A worker process's environment: this test's database and Redis, its own queue, WORKERS send
-    tasks of BATCH rows with 3-second leases, the push simulator as both providers; ``extra`` over it."""
+    tasks of BATCH rows with 3-second leases, test sends to up to 10,000 phones, the push simulator
+    as both providers; ``extra`` over it."""
     env = {k: v for k, v in os.environ.items() if k != "PUSHDESK_TASKS_SYNC"}
     env.update(
         DATABASE_URL=database_url(),
@@ -38,6 +39,9 @@ def worker_environment(queue: str, pushsim, **extra) -> dict:
         PUSHDESK_SEND_TASKS=str(WORKERS),
         PUSHDESK_SEND_BATCH=str(BATCH),
         PUSHDESK_SEND_LEASE_SECONDS="3",
+        # These tests send test dispatches to thousands of phones, their way of sending without a
+        # campaign; the test send's cap on test devices is another matter (tests/delivery/test_pipeline.py).
+        PUSHDESK_TEST_SEND_MAX_DEVICES="10000",
         **pushsim_environment(pushsim),
         LOG_LEVEL="WARNING",
         **extra,

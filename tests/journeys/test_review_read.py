@@ -21,6 +21,7 @@ def test_a_journey_approval_applies_to_what_its_review_showed(
     url = f"/admin/accounts/approvalrequest/{request.pk}/review/"
     page = client.get(url)
     assert "Our new collection is in" in page.content.decode()
+    assert 'name="_approve"' not in page.content.decode()  # changed since submitted: only Request changes
     welcome.body = submitted
     pushcontent_save(content=welcome, by=manager_alice)
 
