@@ -86,3 +86,13 @@ def form_token_of(html: str | bytes) -> str:
     )
     assert found, "the page's form carries no one-time token"
     return found.group(1)
+
+
+def listed_rows(client, path: str, *, sorted_by: str | None = None, query: dict | None = None) -> list:
+    """The rows of an admin list as ``client``'s user reads it; ``sorted_by``: a column of the
+    list (``list_display``) it is asked to sort by (``?o=``), as a click on its heading does."""
+    page = client.get(path, query or {})
+    if sorted_by is not None:
+        column = list(page.context["cl"].list_display).index(sorted_by)
+        page = client.get(path, {**(query or {}), "o": str(column)})
+    return list(page.context["cl"].result_list)

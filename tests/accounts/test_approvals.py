@@ -17,6 +17,7 @@ from accounts.services import (
     approval_void,
 )
 from tests.factories import AppFactory, UserFactory
+from tests.pages import listed_rows
 
 APPROVE = "accounts.decide_approvalrequest"
 
@@ -443,11 +444,12 @@ def test_the_request_list_sorted_by_what_does_not_place_a_hidden_campaign_by_its
 
     def order(user, sort: bool) -> list[int]:
         client.force_login(user)
-        listed = client.get("/admin/accounts/approvalrequest/", {"show": "all"})
-        column = list(listed.context["cl"].list_display).index("what")
-        if sort:
-            listed = client.get("/admin/accounts/approvalrequest/", {"show": "all", "o": str(column)})
-        return [row.pk for row in listed.context["cl"].result_list]
+        return [
+            row.pk
+            for row in listed_rows(
+                client, "/admin/accounts/approvalrequest/", sorted_by="what" if sort else None, query={"show": "all"}
+            )
+        ]
 
     unsorted = order(manager_alice, sort=False)
     assert hidden.pk in unsorted

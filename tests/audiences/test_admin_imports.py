@@ -15,6 +15,7 @@ from accounts.services import access_grant, access_revoke
 from audiences.models import Import, Profile, Segment, SegmentMember
 from audiences.services.imports import import_create, import_process, imports_watch
 from audiences.services.segments import segment_create
+from tests.pages import listed_rows
 
 pytestmark = pytest.mark.django_db
 
@@ -406,11 +407,10 @@ def test_an_imports_list_sorted_by_segment_does_not_place_one_its_reader_may_not
 
     def order(user, sort: bool) -> list[int]:
         client = login(user)
-        listed = client.get("/admin/audiences/import/")
-        column = list(listed.context["cl"].list_display).index("segment_shown")
-        if sort:
-            listed = client.get("/admin/audiences/import/", {"o": str(column)})
-        return [row.pk for row in listed.context["cl"].result_list]
+        return [
+            row.pk
+            for row in listed_rows(client, "/admin/audiences/import/", sorted_by="segment_shown" if sort else None)
+        ]
 
     unsorted = order(manager_alice, sort=False)
     assert order(manager_alice, sort=True) == unsorted

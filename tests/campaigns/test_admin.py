@@ -12,7 +12,7 @@ from campaigns.services.lifecycle import campaign_approve, campaign_submit
 from delivery.models import Delivery, Dispatch
 from delivery.services.rollups import rollup_rebuild
 from tests.factories import DeviceFactory, ProfileFactory
-from tests.pages import get_reading_approval_requests
+from tests.pages import get_reading_approval_requests, listed_rows
 
 
 def _buttons(page):
@@ -1682,11 +1682,12 @@ def test_the_list_sorted_by_app_does_not_place_a_campaign_by_an_app_its_reader_m
 
     def order(user, sort: bool) -> list[int]:
         client.force_login(user)
-        listed = client.get("/admin/campaigns/campaign/", {"status": "all"})
-        column = list(listed.context["cl"].list_display).index("app_shown")
-        if sort:
-            listed = client.get("/admin/campaigns/campaign/", {"status": "all", "o": str(column)})
-        return [row.pk for row in listed.context["cl"].result_list]
+        return [
+            row.pk
+            for row in listed_rows(
+                client, "/admin/campaigns/campaign/", sorted_by="app_shown" if sort else None, query={"status": "all"}
+            )
+        ]
 
     unsorted = order(viewer_carol, sort=False)
     assert sorted(unsorted) == sorted(c.pk for c in campaigns.values())

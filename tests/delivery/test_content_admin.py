@@ -8,7 +8,7 @@ from accounts.services import access_grant
 from audiences.models import Profile
 from delivery.models import Dispatch, PushContent
 from tests.factories import AppFactory, DeviceFactory, ProfileFactory
-from tests.pages import form_token_of
+from tests.pages import form_token_of, listed_rows
 
 
 def _form(content, **changes):
@@ -649,11 +649,10 @@ def test_the_list_sorted_by_app_does_not_place_a_content_by_an_app_its_reader_ma
 
     def order(user, sort: bool) -> list[int]:
         client.force_login(user)
-        listed = client.get("/admin/delivery/pushcontent/")
-        column = list(listed.context["cl"].list_display).index("app_shown")
-        if sort:
-            listed = client.get("/admin/delivery/pushcontent/", {"o": str(column)})
-        return [row.pk for row in listed.context["cl"].result_list]
+        return [
+            row.pk
+            for row in listed_rows(client, "/admin/delivery/pushcontent/", sorted_by="app_shown" if sort else None)
+        ]
 
     unsorted = order(viewer_carol, sort=False)
     assert sorted(unsorted) == sorted(c.pk for c in contents.values())

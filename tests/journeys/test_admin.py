@@ -12,7 +12,7 @@ from journeys.services.entries import journey_enter_segment
 from journeys.services.lifecycle import journey_submit
 from tests.factories import ProfileFactory, SegmentMemberFactory
 from tests.journeys.conftest import approved_before_segments_were_frozen, simple_graph
-from tests.pages import get_reading_approval_requests
+from tests.pages import get_reading_approval_requests, listed_rows
 
 
 def _form(team, everyone, graph, **extra):
@@ -2121,11 +2121,12 @@ def test_the_list_sorted_by_app_does_not_place_a_journey_by_an_app_its_reader_ma
 
     def order(user, sort: bool) -> list[int]:
         client = login(user)
-        listed = client.get("/admin/journeys/journey/", {"status": "all"})
-        column = list(listed.context["cl"].list_display).index("app_shown")
-        if sort:
-            listed = client.get("/admin/journeys/journey/", {"status": "all", "o": str(column)})
-        return [row.pk for row in listed.context["cl"].result_list]
+        return [
+            row.pk
+            for row in listed_rows(
+                client, "/admin/journeys/journey/", sorted_by="app_shown" if sort else None, query={"status": "all"}
+            )
+        ]
 
     unsorted = order(viewer_carol, sort=False)
     assert sorted(unsorted) == sorted(j.pk for j in journeys.values())

@@ -13,6 +13,7 @@ from django.urls import reverse
 
 from accounts.services import access_grant
 from tests.factories import DeviceFactory, ProfileFactory
+from tests.pages import listed_rows
 
 OBJECT_KWARGS = {"object_id", "request_id", "campaign_id", "journey_id"}
 ACTIONS = {"campaigns.campaign": "approve", "journeys.journey": "approve"}
@@ -480,11 +481,9 @@ def test_a_send_s_list_sorted_by_name_does_not_place_one_by_the_campaign_it_with
 
     def order(user, sort: bool) -> list[int]:
         client.force_login(user)
-        listed = client.get("/admin/delivery/dispatch/")
-        column = list(listed.context["cl"].list_display).index("name_shown")
-        if sort:
-            listed = client.get("/admin/delivery/dispatch/", {"o": str(column)})
-        return [row.pk for row in listed.context["cl"].result_list]
+        return [
+            row.pk for row in listed_rows(client, "/admin/delivery/dispatch/", sorted_by="name_shown" if sort else None)
+        ]
 
     unsorted = order(viewer_carol, sort=False)
     assert sorted(unsorted) == sorted(sends.values())
@@ -528,11 +527,9 @@ def test_a_send_s_list_sorted_by_app_does_not_place_one_by_an_app_its_reader_may
 
     def order(user, sort: bool) -> list[int]:
         client.force_login(user)
-        listed = client.get("/admin/delivery/dispatch/")
-        column = list(listed.context["cl"].list_display).index("app_shown")
-        if sort:
-            listed = client.get("/admin/delivery/dispatch/", {"o": str(column)})
-        return [row.pk for row in listed.context["cl"].result_list]
+        return [
+            row.pk for row in listed_rows(client, "/admin/delivery/dispatch/", sorted_by="app_shown" if sort else None)
+        ]
 
     unsorted = order(viewer_carol, sort=False)
     assert sorted(unsorted) == sorted(sends.values())
