@@ -206,7 +206,16 @@ def _moved_between(approval: ApprovalRequest, subject) -> tuple[str, str] | None
 class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
     """The approvers' inbox ("Waiting for my approval") and the requesters' view of decisions."""
 
-    list_display = ("what", "subject_kind", "state", "governed_by", "requested_by", "asked", "decided_by", "comment")
+    list_display = (
+        "what",
+        "subject_kind",
+        "state",
+        "governed_by",
+        "requested_by",
+        "asked",
+        "decided_by",
+        "comment_said",
+    )
     list_display_links = None
     show_facets = admin.ShowFacets.NEVER
     list_filter = (_InboxFilter, "status")
@@ -215,20 +224,22 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
         "subject_kind",
         "subject_said",
         "status",
-        "message",
+        "message_said",
         "requested_by",
         "asked",
         "policy",
         "source_policy",
         "decided_by",
         "decided",
-        "comment",
+        "comment_said",
         "fingerprint",
     )
     fields = readonly_fields
-    # The subject's name and copy kept with the request: said by number to whoever no longer sees it.
-    withheld_fields = ("subject_label", "snapshot")
-    withheld_columns = ("what",)  # sorted by the subject's name, which it may withhold
+    # The subject's name and copy kept with the request, and the words of its requester and approver
+    # (which may name it or quote it): said by number, or withheld, to whoever no longer sees it.
+    withheld_fields = ("subject_label", "snapshot", "message", "comment")
+    # Sorted by the subject's name or the approver's words, which it may withhold.
+    withheld_columns = ("what", "comment_said")
 
     def get_queryset(self, request):
         return approval_requests_visible_to(request.user)
@@ -269,7 +280,9 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
         requests are read-only here."""
         obj = super().get_object(request, object_id, from_field)
         if obj is not None:
-            obj.subject_label = approval_subjects_named(request.user, [obj])[obj.pk]
+            hidden = approval_subjects_hidden(request.user, [obj])
+            obj.subject_hidden = obj.pk in hidden
+            obj.subject_named = obj.subject_label = approval_subjects_named(request.user, [obj], hidden=hidden)[obj.pk]
         return obj
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -331,6 +344,22 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
     def decided(self, obj):
         shown = getattr(obj, "decided_shown", None)  # the changelist's, found for its whole page at once
         return shown if shown is not None else approvals_asked_at([obj], field="decided_at")[obj.pk]
+
+    def _withheld(self, obj, text: str) -> str:
+        """``text`` (the requester's message, the approver's comment), which may name the request's
+        subject or quote its copy, unless the reader may not see that subject now (the changelist's
+        and ``get_object``'s ``subject_hidden``)."""
+        if text and getattr(obj, "subject_hidden", False):
+            return f"withheld: you no longer have access to {obj.subject_named}"
+        return text
+
+    @admin.display(description="Message")
+    def message_said(self, obj):
+        return self._withheld(obj, obj.message)
+
+    @admin.display(description="Comment", ordering="comment")
+    def comment_said(self, obj):
+        return self._withheld(obj, obj.comment)
 
     @admin.display(description="What", ordering="subject_label")
     def what(self, obj):

@@ -455,3 +455,54 @@ def test_the_request_list_sorted_by_what_does_not_place_a_hidden_campaign_by_its
     assert hidden.pk in unsorted
     assert order(manager_alice, sort=True) == unsorted
     assert order(admin_erin, sort=True) == [requests[name].pk for name in ("Secret a", "Secret m", "Secret z")]
+
+
+def test_a_request_s_words_are_withheld_from_a_reader_who_may_no_longer_see_its_campaign(
+    client, manager_alice, approver_bob, admin_erin
+):
+    """A request's message (its requester's words) and comment (its approver's) may name its
+    campaign or quote its copy: the list and the request's page showed them to its requester and
+    decider who lost access to the campaign since, while naming the campaign by number. They read
+    them withheld, and the list is not filtered or sorted by them; an Administrator reads them."""
+    from campaigns.services.lifecycle import campaign_create, campaign_request_changes, campaign_submit
+    from tests.factories import PushContentFactory, SegmentFactory, app_granted
+
+    shop = app_granted(manager_alice, approver_bob)
+    segment = SegmentFactory(created_by=manager_alice)
+    access_grant(obj=segment, to=manager_alice, by=None)
+    campaign = campaign_create(
+        by=manager_alice,
+        name="Spring",
+        app=shop,
+        segment=segment,
+        content=PushContentFactory(app=shop),
+        kind="scheduled",
+    )
+    request = campaign_submit(campaign_id=campaign.pk, by=manager_alice, message="Launching Secret sale on Monday")
+    campaign_request_changes(
+        campaign_id=campaign.pk, by=approver_bob, comment="Secret sale is too loud", request_id=request.pk
+    )
+    _revoke_everything(manager_alice, shop, campaign)
+    _revoke_everything(approver_bob, shop)
+    withheld = f"withheld: you no longer have access to campaign #{campaign.pk}"
+
+    for user, show in ((manager_alice, "my_requests"), (approver_bob, "all")):
+        client.force_login(user)
+        page = client.get("/admin/accounts/approvalrequest/", {"show": show}).content.decode()
+        assert "Secret sale" not in page and withheld in page, user
+        record = client.get(f"/admin/accounts/approvalrequest/{request.pk}/change/").content.decode()
+        assert "Secret sale" not in record and withheld in record, user
+        for lookup in ("comment__icontains", "message__icontains"):
+            answer = client.get("/admin/accounts/approvalrequest/", {"show": show, lookup: "Secret"})
+            assert answer.status_code == 400, (user, lookup)
+        sortable = client.get("/admin/accounts/approvalrequest/", {"show": show}).context["cl"].sortable_by
+        assert not {"comment", "comment_said"} & set(sortable), user
+
+    client.force_login(admin_erin)
+    page = client.get("/admin/accounts/approvalrequest/", {"show": "all"}).content.decode()
+    assert "Secret sale is too loud" in page
+    record = client.get(f"/admin/accounts/approvalrequest/{request.pk}/change/").content.decode()
+    assert "Launching Secret sale on Monday" in record and "Secret sale is too loud" in record
+    answer = client.get("/admin/accounts/approvalrequest/", {"show": "all", "comment__icontains": "Secret"})
+    assert [row.pk for row in answer.context["cl"].result_list] == [request.pk]
+    assert "comment_said" in answer.context["cl"].sortable_by
