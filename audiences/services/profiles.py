@@ -218,7 +218,9 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
     external id given twice is applied in order. An item whose attributes, merged over what the
     profile holds, break the limits (``merged_attributes_problem``) changes nothing and is
     answered ``refused`` with its errors; the others land. A profile is answered ``created`` by
-    the call that inserted it: one another writer inserted meanwhile is updated like a known one.
+    the first item of the call that inserted it, its later items ``updated`` or ``unchanged`` by
+    what each changed over the ones before: one another writer inserted meanwhile is updated like
+    a known one.
     Rows are locked as ``_locked`` says; rows that would not change are not written.
     Raises PermissionDenied when the role may not write profiles, ValidationError on bad items.
     """
@@ -239,13 +241,24 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
         existing = {p.external_id: p for p in _locked(Profile.objects.filter(external_id__in=ids))}
         missing = [x for x in ids if x not in existing]
         created_ids: set[str] = set()
+        # A created profile's items after its first: whether each changed it over the ones before.
+        later_changed: dict[int, bool] = {}
         if missing:
             # A new profile is written once, with what its items give it. One another writer
             # created meanwhile (this insert is then ignored) takes the items like a known one.
             fresh = {x: Profile(external_id=x, created_at=now, updated_at=now) for x in missing}
+            given: set[str] = set()  # the new ids an item landed on already
             for index, item in enumerate(items):
-                if item["external_id"] in fresh and (problems := _apply(fresh[item["external_id"]], item)):
+                profile = fresh.get(item["external_id"])
+                if profile is None:
+                    continue
+                before = _values(profile)
+                if problems := _apply(profile, item):
                     refused[index] = problems
+                elif profile.external_id in given:
+                    later_changed[index] = _values(profile) != before
+                else:
+                    given.add(profile.external_id)
             Profile.objects.bulk_create(list(fresh.values()), ignore_conflicts=True)
             for profile in _locked(Profile.objects.filter(external_id__in=missing)):
                 existing[profile.external_id] = profile
@@ -273,7 +286,10 @@ def profiles_upsert(*, items: list[dict], by: User) -> list[UpsertResult]:
                 )
                 continue
             if profile.external_id in created_ids:
-                status = "created"
+                if index not in later_changed:
+                    status = "created"
+                else:
+                    status = "updated" if later_changed[index] else "unchanged"
             else:
                 if _values(profile) != before:
                     changed[profile.external_id] = profile

@@ -206,13 +206,33 @@ def test_a_bulk_item_over_the_profiles_limits_fails_alone(manager_alice, api_key
         ]
     }
     body = client.post("/api/v1/profiles/bulk/", payload, format="json").json()
-    assert [r["status"] for r in body["results"]] == ["error", "created", "error", "created", "updated"]
+    # The third "new" item changes the profile its first created: it says so.
+    assert [r["status"] for r in body["results"]] == ["error", "created", "error", "updated", "updated"]
     assert (body["accepted"], body["failed"]) == (3, 2)
     assert body["results"][0]["errors"][0]["field"] == "attributes"
     assert "would hold 240 attributes" in body["results"][2]["errors"][0]["detail"]
     known, new = Profile.objects.get(external_id="known"), Profile.objects.get(external_id="new")
     assert len(known.attributes) == 150 and known.attributes["a0"] == "changed"
     assert len(new.attributes) == 120 and new.attributes["a0"] == "changed" and "b0" not in new.attributes
+
+
+def test_a_bulk_call_naming_a_new_profile_twice_answers_created_once(manager_alice, api_key_for):
+    """Items naming one external id apply in order, as an import's repeated rows do: the first
+    creates the profile, a later one updates it (or leaves it unchanged), and says so; the call
+    answered "created" for each, and its audit counted two profiles created where one was."""
+    client = api_key_for(manager_alice, scopes=["ingest"])
+    payload = {
+        "profiles": [
+            {"external_id": "new", "attributes": {"plan": "free"}},
+            {"external_id": "new", "attributes": {"plan": "pro"}},
+            {"external_id": "new", "attributes": {"plan": "pro"}},
+        ]
+    }
+    body = client.post("/api/v1/profiles/bulk/", payload, format="json").json()
+    assert [r["status"] for r in body["results"]] == ["created", "updated", "unchanged"]
+    assert Profile.objects.get(external_id="new").attributes == {"plan": "pro"}
+    summary = AuditEvent.objects.get(action="profiles_upserted").summary
+    assert (summary["created"], summary["updated"], summary["unchanged"]) == (1, 1, 1)
 
 
 def test_a_profile_over_the_limits_from_before_may_still_change_without_growing(manager_alice, api_key_for):
