@@ -159,10 +159,11 @@ def sent_back(user: User) -> Section:
             continue
         if (type(subject), subject.pk) in seen:
             label, url = str(subject), _change_url(subject)
-        else:
+            comment = Truncator(request.comment).chars(COMMENT_SHOWN)
+        else:  # the approver's words may name or quote it: withheld, as on the request's page
             label, url = numbered(subject._meta.verbose_name, subject.pk), ""
+            comment = f"withheld: you no longer have access to {label}" if request.comment else ""
         detail = f"sent back by {request.decided_by} on {decided[request.pk]}"
-        comment = Truncator(request.comment).chars(COMMENT_SHOWN)
         record = reverse("admin:accounts_approvalrequest_change", args=[request.pk])
         section.items.append(Item(label, url, detail, comment=comment, record_url=record))
     return section

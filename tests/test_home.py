@@ -645,13 +645,17 @@ def test_a_campaign_sent_back_its_author_may_no_longer_see_is_named_by_its_numbe
 ):
     from accounts.services import access_revoke
 
-    campaign, request = _sent_back(shop, manager_alice, approver_bob, name="Secret sale")
+    campaign, request = _sent_back(
+        shop, manager_alice, approver_bob, name="Secret sale", comment="Secret sale: say 40 % off, not 30 %."
+    )
     for obj in (shop, campaign):  # its creator is granted the campaign itself
         access_revoke(obj=obj, to=manager_alice, by=None)
     client.force_login(manager_alice)
     box = _sent_back_box(client.get("/admin/").content.decode())
     assert f"campaign #{campaign.pk}" in box
     assert "Secret sale" not in box and f"/admin/campaigns/campaign/{campaign.pk}/" not in box
+    # The approver's words may name or quote it: withheld, as on the request's page.
+    assert "40 %" not in box and f"withheld: you no longer have access to campaign #{campaign.pk}" in box
     assert f'href="/admin/accounts/approvalrequest/{request.pk}/change/"' in box  # their own request's record
 
 
