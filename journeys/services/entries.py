@@ -115,8 +115,7 @@ def _enter(
         f"%s, %s, '', {empty} "
         f"FROM ({audience_sql}) p CROSS JOIN {live} {prev} "
         "WHERE prev.n IS NULL OR (%s AND prev.busy = 0 AND prev.last_at <= %s) "
-        "ORDER BY p.id ON CONFLICT DO NOTHING"
-        + (" RETURNING id, profile_id, CASE WHEN held_due_at IS NULL THEN 0 ELSE 1 END AS held" if returning else "")
+        "ORDER BY p.id ON CONFLICT DO NOTHING" + (" RETURNING id, profile_id, held_due_at" if returning else "")
     )
     params = [
         version.journey_id,
@@ -139,7 +138,7 @@ def _enter(
     ]
     if returning and postgres:  # with each one's time zone, which its first steps need
         sql = (
-            f"WITH entered AS ({sql}) SELECT entered.id, entered.profile_id, z.timezone, entered.held "  # noqa: S608 (constants)
+            f"WITH entered AS ({sql}) SELECT entered.id, entered.profile_id, z.timezone, entered.held_due_at "  # noqa: S608 (constants)
             "FROM entered JOIN audiences_profile z ON z.id = entered.profile_id"
         )
     # An event's few profiles make the same statement every time: its plan is kept per connection.
@@ -149,7 +148,9 @@ def _enter(
         if not returning:
             return max(cursor.rowcount, 0)
         entered = sorted(cursor.fetchall())
-    held = any(row[-1] for row in entered)
+    # Its held time, not an expression over it: SQLite's RETURNING evaluated ``CASE WHEN held_due_at
+    # IS NULL …`` as if it were set.
+    held = any(row[-1] is not None for row in entered)
     if postgres:
         entered = [(pk, profile_id, zone) for pk, profile_id, zone, _ in entered]
     elif entered:
