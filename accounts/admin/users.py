@@ -58,6 +58,17 @@ class ShownRowsInput(forms.MultipleHiddenInput):
         return [value for value in values if value != ""]
 
 
+def rows_shown_posted(form: forms.Form, name: str, shown: list[int] | None = None) -> None:
+    """Make the many-to-many field ``name`` post back the ids it shows (``ShownRowsInput``), ``shown``
+    its initial (None: the form's own), read by ``rows_shown_cleaned``. Call in the form's ``__init__``."""
+    field = form.fields[name]
+    field.show_hidden_initial = True
+    field.hidden_widget = ShownRowsInput
+    if shown is not None:
+        form.initial[name] = shown
+    rows_shown_by_default(form, name)
+
+
 def rows_shown_by_default(form: forms.Form, name: str) -> None:
     """Read a post that does not say what the field ``name`` showed (a client that posts the field
     alone) as showing what it holds now (the form's initial): its save then makes the field what
@@ -86,6 +97,15 @@ def rows_shown(form: forms.Form, name: str) -> set[int]:
             raise ValidationError(f"The {name} the page showed are ids of rows: {str(value)[:20]!r} is none.")
         shown.add(number)
     return shown
+
+
+def rows_shown_cleaned(form: forms.Form, name: str) -> set[int] | None:
+    """``rows_shown`` in a form's ``clean``: None, the error said under the field, when an id is no row's."""
+    try:
+        return rows_shown(form, name)
+    except ValidationError as exc:
+        form.add_error(name, exc)
+        return None
 
 
 class AppAccessInline(admin.TabularInline):
@@ -146,21 +166,13 @@ class UserChangeForm(DjangoUserChangeForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if "groups" in self.fields:
-            self.fields["groups"].show_hidden_initial = True
-            self.fields["groups"].hidden_widget = ShownRowsInput
-            if self.instance.pk is not None:
-                self.initial["groups"] = [g.pk for g in self.instance.groups.all() if g.name in ROLES]
-            rows_shown_by_default(self, "groups")
+            roles = None if self.instance.pk is None else [g.pk for g in self.instance.groups.all() if g.name in ROLES]
+            rows_shown_posted(self, "groups", roles)
 
     def clean(self):
         cleaned = super().clean()
-        if "groups" in self.fields:
-            try:
-                shown = rows_shown(self, "groups")
-            except ValidationError as exc:
-                self.add_error("groups", exc)
-            else:
-                cleaned["roles_shown"] = shown
+        if "groups" in self.fields and (shown := rows_shown_cleaned(self, "groups")) is not None:
+            cleaned["roles_shown"] = shown
         return cleaned
 
     def _save_m2m(self):
@@ -468,24 +480,16 @@ class GroupForm(forms.ModelForm):
             self.fields["members"].queryset = User.objects.filter(
                 Q(pk__in=with_role.values("pk")) | Q(pk__in=held.values("pk"))
             ).order_by("username")
-            self.fields["members"].show_hidden_initial = True
-            self.fields["members"].hidden_widget = ShownRowsInput
-            self.initial["members"] = list(held.values_list("pk", flat=True))
-            rows_shown_by_default(self, "members")
+            rows_shown_posted(self, "members", list(held.values_list("pk", flat=True)))
 
     def clean(self):
         cleaned = super().clean()
-        if "members" in self.fields:
-            try:
-                shown = rows_shown(self, "members")
-            except ValidationError as exc:
-                self.add_error("members", exc)
-            else:
-                cleaned["members_shown"] = shown
-                if "members" in cleaned and self.by is not None:
-                    added, removed = self.members_changed()
-                    if problem := team_members_change_refused(by=self.by, changed=[*added, *removed]):
-                        self.add_error("members", problem)
+        if "members" in self.fields and (shown := rows_shown_cleaned(self, "members")) is not None:
+            cleaned["members_shown"] = shown
+            if "members" in cleaned and self.by is not None:
+                added, removed = self.members_changed()
+                if problem := team_members_change_refused(by=self.by, changed=[*added, *removed]):
+                    self.add_error("members", problem)
         return cleaned
 
     def members_changed(self) -> tuple[list[User], list[User]]:
