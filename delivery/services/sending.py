@@ -198,9 +198,9 @@ class _Batch:
     messages: dict[str, list]
     results: list[Result]
     expires: dict[int, datetime]  # row id -> its expiry: no retry after it
+    prepared_at: datetime  # before its requests left: a registration after it is newer
     platforms: dict[int, str] = field(default_factory=dict)  # row id -> its device's platform
     claims: dict[int, int] = field(default_factory=dict)  # row id -> its attempts: the claim that sent it
-    prepared_at: datetime | None = None  # before its requests left: a registration after it is newer
     futures: dict = field(default_factory=dict)
 
 
@@ -238,8 +238,8 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
         messages={Platform.IOS: [], Platform.ANDROID: []},
         results=[],
         expires={},
+        prepared_at=now,
     )
-    batch.prepared_at = now
     results = batch.results
     own_contexts = bool((dispatch.context or {}).get(RECIPIENT_CONTEXTS)) or any(r.context for r in rows)
     contents = _Contents(dispatch, own_contexts, now)
