@@ -392,24 +392,26 @@ def phones_html(
         return _phone_pair_html(
             spec, app_name=app_name, profile=profile, context=context, as_of=as_of, time_zone=time_zone
         )
+    return locale_previews_html(
+        spec,
+        lambda locale: _phone_pair_html(
+            spec,
+            app_name=app_name,
+            profile={"external_id": "sample", "locale": locale, "timezone": "", "attributes": {}},
+            context=context,
+            as_of=as_of,
+            time_zone=time_zone,
+        ),
+    )
+
+
+def locale_previews_html(spec: dict, phones) -> str:
+    """A pair of phones per locale of the content (``phones(locale)``), each under its language
+    (``locales_previewed``): a campaign's and a journey's reviews alike."""
     return format_html_join(
         "",
         '<div class="locale-preview" data-locale="{}"><h5>{}</h5>{}</div>',
-        [
-            (
-                locale or "default",
-                label,
-                _phone_pair_html(
-                    spec,
-                    app_name=app_name,
-                    profile={"external_id": "sample", "locale": locale, "timezone": "", "attributes": {}},
-                    context=context,
-                    as_of=as_of,
-                    time_zone=time_zone,
-                ),
-            )
-            for locale, label in locales_previewed(spec)
-        ],
+        [(locale or "default", label, phones(locale)) for locale, label in locales_previewed(spec)],
     )
 
 

@@ -382,24 +382,16 @@ def _phones(spec: dict | None, *, app_name: str, context: dict) -> str:
     first), as a campaign's review shows them."""
     if spec is None:
         return ""
-    from campaigns.review import locales_previewed
+    from campaigns.review import locale_previews_html
     from delivery.admin.contents import _spec_previews_html
 
     if not spec.get("variants") or spec.get("silent"):
         return _spec_previews_html(spec, app_name=app_name, profile=None, context=context)
-    return format_html_join(
-        "",
-        '<div class="locale-preview" data-locale="{}"><h5>{}</h5>{}</div>',
-        [
-            (
-                locale or "default",
-                label,
-                _spec_previews_html(
-                    spec, app_name=app_name, profile={"attributes": {}, "locale": locale}, context=context
-                ),
-            )
-            for locale, label in locales_previewed(spec)
-        ],
+    return locale_previews_html(
+        spec,
+        lambda locale: _spec_previews_html(
+            spec, app_name=app_name, profile={"attributes": {}, "locale": locale}, context=context
+        ),
     )
 
 
