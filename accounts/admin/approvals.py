@@ -404,11 +404,14 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
         # Read before the review is drawn: a save landing while it is drawn makes the page show more
         # than the mark, and the approval is refused, never the other way round.
         read_mark = handler.read_mark(subject) if handler.read_mark is not None and allowed and not decided else ""
-        # Changed since it was submitted: its approval would be refused; said before it is read.
+        # Changed since it was submitted: its approval would be refused; said before it is read. The
+        # mark just read is the subject's fingerprint now: equal to the request's, nothing changed
+        # (the usual case, without reading the subject again).
         changed = (
             allowed
             and not decided
             and handler.changed_since_submitted is not None
+            and not (read_mark and read_mark == approval.fingerprint)
             and handler.changed_since_submitted(subject, approval)
         )
         if request.method == "POST" and not decided:
