@@ -240,14 +240,19 @@ def dispatch_create(
     return dispatch
 
 
+def _test_devices_reached(app_id: int) -> int:
+    """How many active test devices ``app_id`` has, counted through the (app, is_test) index no
+    further than one past ``PUSHDESK_TEST_SEND_MAX_DEVICES``: enough to tell past the cap."""
+    cap = settings.PUSHDESK_TEST_SEND_MAX_DEVICES
+    return Device.objects.filter(app_id=app_id, is_test=True, active=True)[: cap + 1].count()
+
+
 def _test_devices_check(app: App, by: User | None) -> None:
     """Raise ValidationError (on ``audience``) when a test send of ``app`` would reach no phone, or
     more than ``PUSHDESK_TEST_SEND_MAX_DEVICES``: a test is content not yet approved, and one to
     a test list grown to thousands of phones would be a campaign nobody approved."""
-    cap = settings.PUSHDESK_TEST_SEND_MAX_DEVICES
-    # Counted through the (app, is_test) index, no further than one past the cap.
-    reached = Device.objects.filter(app=app, is_test=True, active=True)[: cap + 1].count()
-    if 0 < reached <= cap:
+    reached = _test_devices_reached(app.pk)
+    if 0 < reached <= settings.PUSHDESK_TEST_SEND_MAX_DEVICES:
         return
     # The app is named as the content's page names it: by number to a sender granted the content alone.
     named = f"'{app}'" if visible_named(by, App, [app.pk]) else numbered("app", app.pk)
@@ -275,8 +280,7 @@ def _test_devices_recheck(dispatch: Dispatch) -> None:
     """Raise GateClosed when the test send's app has more active test devices than the cap now: it
     was checked when the test was asked (``_test_devices_check``), and devices marked before its
     resolve would have made it reach more."""
-    cap = settings.PUSHDESK_TEST_SEND_MAX_DEVICES
-    if Device.objects.filter(app_id=dispatch.app_id, is_test=True, active=True)[: cap + 1].count() > cap:
+    if _test_devices_reached(dispatch.app_id) > settings.PUSHDESK_TEST_SEND_MAX_DEVICES:
         raise GateClosed(f"The app {_test_devices_too_many(dispatch.app_id)} Nothing was sent.")
 
 
