@@ -7,6 +7,7 @@ from accounts.api import JsonDateTimeField
 from accounts.models import AuditEvent
 from accounts.services import access_grant
 from audiences.models import Event, Import, Profile, Segment
+from audiences.services.profiles import EXTERNAL_ID_PADDED
 from audiences.services.segments import segment_create
 from tests.factories import ProfileFactory
 
@@ -541,6 +542,34 @@ def test_profile_read_needs_read_scope(manager_alice, api_key_for):
     }
     assert api_key_for(manager_alice, scopes=["ingest"]).get("/api/v1/profiles/ann/").status_code == 403
     assert api_key_for(manager_alice, scopes=["read"]).get("/api/v1/profiles/nobody/").status_code == 404
+
+
+@pytest.mark.parametrize("method", ["get", "delete"])
+@pytest.mark.parametrize(
+    ("path", "detail"),
+    [
+        ("/api/v1/profiles/%20ann/", EXTERNAL_ID_PADDED),
+        ("/api/v1/profiles/ann%09/", EXTERNAL_ID_PADDED),
+        ("/api/v1/profiles/%20/", "This field is required: a non-empty string."),
+        (f"/api/v1/profiles/{'a' * 256}/", "At most 255 characters."),
+    ],
+    ids=["padded", "tab", "blank", "256 characters"],
+)
+def test_every_method_of_a_profile_path_refuses_an_id_no_profile_may_have_naming_the_field(
+    manager_alice, api_key_for, method, path, detail
+):
+    ProfileFactory(external_id="ann")  # a padded id never reads or erases the profile kept under its trimmed id
+    response = getattr(api_key_for(manager_alice, scopes=["ingest", "read"]), method)(path)
+    assert response.status_code == 400, response.content[:300]
+    assert response.json()["errors"] == [{"field": "external_id", "code": "invalid", "detail": detail}]
+    assert Profile.objects.filter(external_id="ann").exists()
+
+
+def test_a_profile_kept_under_a_padded_id_from_before_is_read_by_that_exact_id(manager_alice, api_key_for):
+    Profile.objects.create(external_id=" ann", attributes={"plan": "pro"})  # as written before the rule
+    response = api_key_for(manager_alice, scopes=["read"]).get("/api/v1/profiles/%20ann/")
+    assert response.status_code == 200, response.content
+    assert (response.json()["external_id"], response.json()["attributes"]) == (" ann", {"plan": "pro"})
 
 
 def test_import_create_and_status(manager_alice, api_key_for, django_capture_on_commit_callbacks, settings, tmp_path):
