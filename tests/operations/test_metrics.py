@@ -732,3 +732,59 @@ def test_workers_of_the_release_before_are_seen_until_a_worker_of_this_one_repor
     finally:
         broker.connection.delete(*(Stat.get_key(cluster.cluster_id) for cluster in (*old, new)))
         broker.connection.delete(broker.stats_registry())
+
+
+@contextmanager
+def redis_commands_counted():
+    """Every command the process sends Redis outside a pipeline, by name (KEYS, SCAN, MGET…)."""
+    from collections import Counter
+
+    from redis import Redis
+
+    sent = Counter()
+    execute = Redis.execute_command
+
+    def counted(self, *args, **options):
+        sent[str(args[0]).upper()] += 1
+        return execute(self, *args, **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Redis, "execute_command", counted)
+        yield sent
+
+
+def test_with_redis_emptied_and_no_worker_scrapes_walk_the_keys_once_in_a_while(client, db, tasks_queued, metrics_on):
+    """Redis emptied (a restart) with no worker running leaves no registry: a scrape finds the
+    workers of the release before, which keep none, by walking the keys. That none were found is
+    remembered in one key for a short while, so the next scrapes read that key instead; a worker
+    of this release reporting meanwhile is seen at once, one of the release before once it has run out."""
+    import uuid
+
+    from django.conf import settings
+    from django_q.brokers import get_broker
+    from django_q.brokers.redis_broker import Redis as PlainRedis
+    from django_q.signing import SignedPackage
+    from django_q.status import Stat, Status
+
+    if "redis" not in settings.Q_CLUSTER:
+        pytest.skip("the queue is the database here")
+    broker = get_broker()
+    assert not broker.connection.exists(broker.stats_registry())  # emptied before each test
+    with redis_commands_counted() as sent:
+        for _ in range(5):
+            assert scrape(client)[("pushdesk_workers_seen", ())] == 0
+    assert sent["KEYS"] + sent["SCAN"] == 1, sent
+
+    old = Status(pid=11, cluster_id=uuid.uuid4())
+    new = Status(pid=21, cluster_id=uuid.uuid4())
+    try:
+        PlainRedis.set_stat(broker, Stat.get_key(old.cluster_id), SignedPackage.dumps(old, True), 60)
+        broker.connection.delete(broker.stats_none_found())  # as the short while runs out
+        assert scrape(client)[("pushdesk_workers_seen", ())] == 1
+
+        broker.connection.delete(Stat.get_key(old.cluster_id))
+        assert scrape(client)[("pushdesk_workers_seen", ())] == 0
+        broker.set_stat(Stat.get_key(new.cluster_id), SignedPackage.dumps(new, True), 60)
+        assert scrape(client)[("pushdesk_workers_seen", ())] == 1
+    finally:
+        broker.connection.delete(*(Stat.get_key(cluster.cluster_id) for cluster in (old, new)))
