@@ -90,8 +90,55 @@ def test_registering_again_keeps_the_test_flag_an_admin_set(ingest, app, admin_e
     devices_test_flag_set(device_ids=[Device.objects.get().pk], is_test=True, by=admin_erin)
     assert register(ingest, app).status_code == 200
     assert Device.objects.get().is_test is True
-    assert register(ingest, app, is_test=False).status_code == 200  # given, it is taken
+
+
+@pytest.mark.parametrize(
+    ("role", "scopes"),
+    [("Manager", ["ingest"]), ("Manager", ["ingest", "test_devices"]), ("Administrator", ["ingest"])],
+    ids=["manager_ingest", "manager_test_devices", "administrator_ingest"],
+)
+def test_is_test_false_from_a_key_that_may_not_mark_test_devices_keeps_the_mark_and_says_so(
+    api_key_for, app, admin_erin, role, scopes
+):
+    """Apps send is_test: false at every registration: from any key, that unmarked the phone an
+    Administrator had marked. A key that may not mark test devices (without the test_devices scope,
+    or whose user is not an Administrator) registers the token and leaves its mark as it is; the
+    answer's is_test says it is still a test device."""
+    from delivery.services.devices import devices_test_flag_set
+
+    user = admin_erin if role == "Administrator" else UserFactory(username="manager_pia", role=role)
+    access_grant(obj=app, to=user, by=None)
+    key = api_key_for(user, scopes=scopes)
+    assert register(key, app, is_test=False).status_code == 201  # a new token: not a test device
     assert Device.objects.get().is_test is False
+    devices_test_flag_set(device_ids=[Device.objects.get().pk], is_test=True, by=admin_erin)
+    kept = register(key, app, is_test=False, external_id="user-2")
+    assert kept.status_code == 200, kept.json()
+    assert kept.json()["is_test"] is True and kept.json()["external_id"] == "user-2"  # registered, mark kept
+    device = Device.objects.get()
+    assert (device.is_test, device.profile.external_id) == (True, "user-2")
+
+
+def test_is_test_false_from_an_administrators_test_devices_key_unmarks_the_device(api_key_for, app, admin_erin):
+    from delivery.services.devices import devices_test_flag_set
+
+    tester = api_key_for(admin_erin, scopes=["ingest", "test_devices"])
+    register(tester, app)
+    devices_test_flag_set(device_ids=[Device.objects.get().pk], is_test=True, by=admin_erin)
+    unmarked = register(tester, app, is_test=False)
+    assert unmarked.status_code == 200 and unmarked.json()["is_test"] is False
+    assert Device.objects.get().is_test is False
+
+
+def test_the_service_keeps_the_mark_when_a_manager_registers_a_test_device_with_is_test_false(app, manager_alice):
+    from delivery.services.devices import device_register
+
+    marked = DeviceFactory(app=app, token=IOS_TOKEN, is_test=True)
+    device, created = device_register(
+        app_id=app.pk, external_id="user-9", platform="ios", token=IOS_TOKEN, is_test=False, by=manager_alice
+    )
+    assert (device.pk, created, device.is_test) == (marked.pk, False, True)
+    assert Device.objects.get(pk=marked.pk).is_test is True
 
 
 def test_an_ingest_key_cannot_make_a_device_a_test_device_one_of_the_test_devices_scope_can(
