@@ -434,18 +434,34 @@ ERASE_RESPONSES = {
 }
 
 
+def _external_id_checked(external_id: str) -> None:
+    """Refuse, with 400 naming ``external_id``, an id no profile can have (blank, over 255
+    characters, a NUL or a lone surrogate), before the database is asked."""
+    if problem := text_problem(external_id, max_length=255):
+        raise serializers.ValidationError({"external_id": [problem]})
+
+
+def _external_id_unknown(external_id: str) -> None:
+    """Answer an id no visible profile holds: 400 naming ``external_id`` when white space is around
+    it, else nothing (the caller answers 404).
+
+    Such an id is refused (it creates nothing on a profile's path, but says the same as every call
+    that might), unless a profile is kept under exactly that id from before the rule: it is read and
+    erased by it, so a privacy request for it is still answerable. Matched exactly, never trimmed:
+    " u1" reads and erases no "u1".
+    """
+    if problem := external_id_problem(external_id):
+        raise serializers.ValidationError({"external_id": [problem]})
+
+
 def _profile_erase(request, external_id: str) -> Response:
     """Erase one profile by external id through ``profiles_delete``, as the admin does."""
     if ApiKey.Scope.READ not in request.auth.scopes:
         raise exceptions.PermissionDenied(detail=ERASE_SCOPE_REFUSED, code="insufficient_scope")
-    if problem := text_problem(external_id, max_length=255):
-        raise serializers.ValidationError({"external_id": [problem]})
+    _external_id_checked(external_id)
     profile_ids = list(profiles_visible_to(request.user).filter(external_id=external_id).values_list("pk", flat=True))
-    # White space around the id is refused (it creates nothing here, but says the same as every call
-    # that might), unless a profile is kept under exactly that id from before the rule: a privacy
-    # request for it must still be answerable. Matched exactly, never trimmed: " u1" erases no "u1".
-    if not profile_ids and (problem := external_id_problem(external_id)):
-        raise serializers.ValidationError({"external_id": [problem]})
+    if not profile_ids:
+        _external_id_unknown(external_id)
     # Called with no profile too: the role is checked first, so a key whose user may not delete
     # profiles is refused (403) whether the profile exists or not, and learns nothing of it.
     if not profiles_delete(profile_ids=profile_ids, by=request.user):
@@ -461,11 +477,18 @@ class ProfileDetailView(APIView):
         return "ingest" if self.request.method == "DELETE" else "read"
 
     @extend_schema(
-        operation_id="profile_detail", description="One profile, by external id.", responses=ProfileOutSerializer
+        operation_id="profile_detail",
+        description="One profile, by external id. 404 `not_found` when no profile has it; an external id "
+        "with white space around it, unless a profile is kept under exactly that id from before such ids "
+        "were refused (it is read; the id is never trimmed), or over 255 characters, 400 naming `external_id`, "
+        "as its erasure answers.",
+        responses=ProfileOutSerializer,
     )
     def get(self, request, external_id: str):
+        _external_id_checked(external_id)
         profile = profiles_visible_to(request.user).filter(external_id=external_id).first()
         if profile is None:
+            _external_id_unknown(external_id)
             raise Http404
         return Response(ProfileOutSerializer(profile).data)
 
