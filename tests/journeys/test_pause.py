@@ -221,6 +221,42 @@ def test_a_replay_held_by_the_pause_ends_at_once_whom_its_exit_event_came_after_
     assert (stats["entered"], stats["exit_event"], stats["pushed"]) == (2, 1, 1)
 
 
+@pytest.mark.embedded
+def test_a_replay_that_read_the_journey_paused_and_enters_it_resumed_runs_its_entries_as_a_live_ones(
+    sim_journey, sim_welcome, sim_team, publish, manager_alice, pushsim
+):
+    """A replay read the journey paused (its version kept with the journey as it was), and the
+    resume committed before its entry was written: the entry found the journey live and did not
+    hold its profiles, but the run read the journey paused and held them aside, in a live journey
+    no resume would release: never run, never pushed. The entry runs them as a live journey's does,
+    and the push goes out once."""
+    from journeys.services.entries import _live_for_events
+
+    graph = {
+        "steps": [
+            {"id": "thanks", "type": "push", "content": sim_welcome.pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = publish(sim_journey(graph=graph, entry_kind="event", entry_event="order_paid", entry_segment=None))
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=sim_team)
+    stored = timezone.now()
+    journey_pause(journey_id=journey.pk, by=manager_alice)
+    read_paused = _live_for_events()
+    journey_resume(journey_id=journey.pk, by=manager_alice)
+
+    events = [(zoe.pk, "order_paid", stored)]
+    assert journeys_events_received(events=events, received_at=stored, live=read_paused)["entered"] == 1
+
+    enrollment = Enrollment.objects.get(profile=zoe)
+    assert (enrollment.status, enrollment.held_due_at) == ("completed", None)
+    journeys_run_due(now=timezone.now() + HOUR)
+    assert Delivery.objects.filter(device__profile=zoe).count() == 1
+    stats = version_step_stats(journey.live_version)["thanks"]
+    assert (stats["entered"], stats["pushed"], stats["held"], stats["due"]) == (1, 1, 0, 0)
+
+
 def test_a_recurring_segment_read_missed_while_paused_is_skipped_counted_and_moved_after_the_resume(
     make_journey, publish, manager_alice
 ):
