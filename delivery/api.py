@@ -90,8 +90,10 @@ class DeviceInSerializer(serializers.Serializer):
     is_test = JsonBooleanField(
         required=False,
         help_text="A test device (it gets test sends, of drafts too): true only with a key of the test_devices scope "
-        "(403 insufficient_scope otherwise) whose user is an Administrator (403 permission_denied otherwise). Left "
-        "out: false for a new token; a known one keeps its own (the flag an admin set).",
+        "(403 insufficient_scope otherwise) whose user is an Administrator (403 permission_denied otherwise). False "
+        "unmarks a known token only with such a key: from any other (the key an app ships sends false at every "
+        "registration) the token is registered and keeps its mark, which the answer's is_test says. Left out: false "
+        "for a new token; a known one keeps its own (the flag an admin set).",
     )
 
     identity_hash = JsonCharField(
@@ -303,6 +305,10 @@ class DeviceRegisterView(IngestRateLimited, APIView):
                 detail="only an Administrator's key registers a test device (a test device gets test sends of "
                 "content not yet approved).",
             )
+        if values.get("is_test") is False and ApiKey.Scope.TEST_DEVICES not in getattr(request.auth, "scopes", ()):
+            # Sent by apps at every registration: the mark an Administrator set stays (``device_register``
+            # keeps it too for a user who may not mark), and the answer's is_test says so.
+            del values["is_test"]
         app_id = _app_in_scope(request, values.pop("app"))
         identity_hash = values.pop("identity_hash", None)
         if not BACKEND_SCOPES.intersection(getattr(request.auth, "scopes", ())):

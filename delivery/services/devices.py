@@ -145,7 +145,10 @@ def device_register(
     ``push_enabled`` and ``is_test`` left out (None) keep a known token's own (the phone's opt-in
     as last reported, the test flag an admin set: an app registering at each launch sends
     neither), and are true and false for a new token.
-    ``is_test`` true needs the role's right to make test devices (``_ensure_test_flag_right``).
+    ``is_test`` true needs the role's right to make test devices (``_ensure_test_flag_right``);
+    ``is_test`` false without it keeps a known token's mark as it is (an app sends false at each
+    registration: the phone an Administrator marked stays a test device), and the device returned
+    says which it holds.
     Raises ValidationError on a bad external id (``external_id_problem``), platform or token,
     PermissionDenied without device write access to the app (``_ensure_device_write``) or, for
     ``is_test`` true, without that right.
@@ -159,6 +162,8 @@ def device_register(
     _ensure_device_write(by, app_id)
     if is_test:
         _ensure_test_flag_right(by)
+    elif is_test is not None and not by.has_perm(MARK_TEST_DEVICE):
+        is_test = None  # unmarking is the same right as marking
     now = timezone.now()
     with transaction.atomic():
         # The profile and the token's owner now, locked before the device (``DEVICES_BY_TOKEN_PG``);
