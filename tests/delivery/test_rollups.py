@@ -270,3 +270,33 @@ def test_a_rebuild_counts_what_the_send_counted(pushsim_app, pushsim, open_gate,
     assert rolled_up([dispatch.pk]) == kept
     rollup_rebuild()
     assert rolled_up([dispatch.pk]) == kept == counted([dispatch.pk])
+
+
+def _two_phones_resolved(app, django_capture_on_commit_callbacks):
+    """A dispatch resolved to an iPhone and an Android phone, its rows queued; and the phones."""
+    content = PushContentFactory(app=app)
+    profiles = ProfileFactory.create_batch(2)
+    phones = [DeviceFactory(profile=p, app=app, platform=k) for p, k in zip(profiles, ("ios", "android"), strict=True)]
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[p.pk for p in profiles]
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+    return dispatch, phones
+
+
+def test_the_watchdog_given_a_time_finishes_the_rows_it_ends_then(
+    pushsim_app, open_gate, django_capture_on_commit_callbacks
+):
+    """``deliveries_expire_leases(now=...)`` judged the leases at the time given but stamped the
+    rows it ended with the database's clock, and counted them at its quarter hour."""
+    dispatch, _ = _two_phones_resolved(pushsim_app, django_capture_on_commit_callbacks)
+    deliveries_claim(dispatch.pk, limit=2, now=timezone.now())
+    later = timezone.now() + dt.timedelta(hours=1)
+
+    assert deliveries_expire_leases(now=later) == 2
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("finished_at", flat=True)) == {later}
+    assert set(
+        DeliveryRollup.objects.filter(dispatch=dispatch, outcome="unknown").values_list("period", flat=True)
+    ) == {_quarter(later)}
+    assert_rollup_is_the_count(dispatch)
