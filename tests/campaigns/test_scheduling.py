@@ -7,7 +7,7 @@ import threading
 from html import unescape
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.utils import timezone
 
 from campaigns.models import Campaign, Occurrence
@@ -245,6 +245,58 @@ def test_members_added_after_the_occurrence_fired_and_before_its_audience_is_rea
     dispatch = Dispatch.objects.get(pk=occurrence.dispatch.pk)
     assert dispatch.status == "failed"
     assert "defined otherwise than when it was approved" in dispatch.error
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("nested", [False, True], ids=["the list", "a segment of the list"])
+def test_members_added_while_the_audience_is_read_wait_for_the_rows_and_get_nothing(
+    make_campaign, approve, team, manager_alice, monkeypatch, nested
+):
+    """The prepare task checks the audience's definition, then writes the rows from it: a list
+    changed between the two (committed by another session once the check had passed) was not
+    approved. The segments it reads are held from the check until the rows are written, so the
+    change waits for them and its member gets nothing."""
+    from audiences.services.segments import segment_members_change
+    from delivery.services import dispatches
+    from tests.locks import eventually
+
+    vips, (first,) = _kept_list(team, manager_alice, ["vip-1"])
+    DeviceFactory(profile=ProfileFactory(external_id="vip-2", attributes={}), app=team)
+    campaign = approve(make_campaign(schedule_kind="at", send_at=T0, segment=_audience(vips, nested, manager_alice)))
+    check, refused = dispatches._AUDIENCE_CHECKS["campaign"]
+    added = threading.Event()
+
+    def add() -> None:
+        try:
+            segment_members_change(segment_id=vips.pk, by=manager_alice, add=["vip-2"])
+            added.set()
+        finally:
+            connections.close_all()
+
+    def lock_waited() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return cursor.fetchone()[0] > 0
+
+    adding = []
+
+    def checked_then_changed(dispatch) -> None:
+        check(dispatch)
+        adding.append(threading.Thread(target=add))
+        adding[0].start()
+        assert eventually(lambda: added.is_set() or lock_waited())
+
+    monkeypatch.setitem(dispatches._AUDIENCE_CHECKS, "campaign", (checked_then_changed, refused))
+    try:
+        (occurrence,) = campaign_fire_due(campaign_id=campaign.pk, now=T0)  # its prepare task runs on commit
+        assert _recipients(occurrence) == {first.pk}
+    finally:
+        for thread in adding:
+            thread.join(30)
+    assert added.is_set()  # once the rows were written
 
 
 def test_an_occurrence_whose_audience_is_refused_when_read_says_so_and_not_sent(
