@@ -324,6 +324,11 @@ def journeys_events_received(
             enrolled, hold = _enter(
                 version, audience, [param], now=now, returning=True, few=True, as_of=as_of, hold=True
             )
+            if enrolled and not hold and version.journey.status != Status.LIVE:
+                # A replay read it paused, and the resume committed since: the entry found it live
+                # (and holds its row shared to the commit), so its run reads it so, not as the call
+                # read it, which would hold them aside in a live journey that no resume releases.
+                version = JourneyVersion.objects.select_related("journey__app__delivery_rules").get(pk=version.pk)
             journeys_run_entered(
                 enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending, entered_at=as_of, held=hold
             )
