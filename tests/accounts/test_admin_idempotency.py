@@ -148,6 +148,38 @@ def test_a_search_or_filter_reveals_no_record_outside_the_reader_s_access(
         assert "seeds-9" not in listed and key.prefix not in listed, lookup
 
 
+WHOSE_KEY = ["user__id__exact", "user", "api_key__id__exact", "api_key"]
+
+
+@pytest.mark.parametrize("lookup", WHOSE_KEY)
+def test_a_viewer_may_not_ask_a_list_whose_key_sent_a_record_it_shows_unnamed(
+    client, viewer_carol, shop, records, lookup
+):
+    """A Viewer reads a trigger record sent with another user's key unnamed; asked by that user's
+    id or that key's (``?user__id__exact=``), the list kept or dropped the record and so told whose
+    key sent it, one id after another: 400."""
+    access_grant(obj=shop, to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    key = records["trigger"].api_key
+    value = key.user_id if lookup.startswith("user") else key.pk
+    for name in LISTS:
+        answer = client.get(reverse(name), {lookup: value})
+        assert answer.status_code == 400, name
+        assert 'class="field-idempotency_key"' not in answer.content.decode(), name
+
+
+@pytest.mark.parametrize("lookup", WHOSE_KEY)
+def test_an_administrator_asks_a_list_by_the_key_or_its_user(client, admin_erin, records, other_shop_records, lookup):
+    client.force_login(admin_erin)
+    key = records["trigger"].api_key
+    value = key.user_id if lookup.startswith("user") else key.pk
+    listed = client.get(reverse(LISTS[0]), {lookup: value})
+    assert listed.status_code == 200
+    assert "order-1" in listed.content.decode() and "seeds-9" in listed.content.decode()
+    other = client.get(reverse(LISTS[0]), {lookup: value + 1000})
+    assert other.status_code == 200 and "order-1" not in other.content.decode()
+
+
 @pytest.mark.parametrize("lookup", ["response_body__icontains", "response_body__results__0__external_id"])
 @pytest.mark.parametrize("who", ["viewer_carol", "admin_erin"])
 def test_a_list_asked_by_the_stored_answer_is_refused_and_does_not_spell_it_out(
