@@ -862,7 +862,8 @@ def deliveries_expire_leases(*, now: datetime | None = None) -> int:
     """Turn rows whose lease ran out while ``sending`` into ``unknown`` (never re-sent); return how many.
 
     Leases are judged by the database's clock (``now`` only for tests), the one that stamped
-    them: a worker's clock running ahead cannot expire rows another worker is sending. Each
+    them: a worker's clock running ahead cannot expire rows another worker is sending. The rows
+    ended are finished at the same moment (``now`` when given). Each
     dispatch's row is held first, in the order write-back takes its locks, and its counters,
     per platform too, are counted again from its rollup: the answers that may still come for
     these rows (a slow worker's, ``deliveries_write_back``) move them from ``unknown`` there.
@@ -885,6 +886,7 @@ def deliveries_expire_leases(*, now: datetime | None = None) -> int:
                 params=[dispatch_id, *([_dt(now)] if now is not None else [])],
                 status=DS.UNKNOWN,
                 reason="lease_expired",
+                now=now,
             )
             dispatch_recount(dispatch_id=dispatch_id)
         total += changed
