@@ -272,6 +272,21 @@ def test_a_rebuild_counts_what_the_send_counted(pushsim_app, pushsim, open_gate,
     assert rolled_up([dispatch.pk]) == kept == counted([dispatch.pk])
 
 
+def pending_by_platform(dispatch) -> dict[str, int]:
+    """Each platform's rows not final yet, as the rollup says them: its targeted less its final ones
+    (a platform under which nothing is counted is left out)."""
+    pending: Counter = Counter()
+    for platform, outcome, n in DeliveryRollup.objects.filter(dispatch=dispatch).values_list(
+        "platform", "outcome", "rows"
+    ):
+        if outcome == "targeted":
+            pending[platform] += n
+        elif outcome in Delivery.FINAL_STATUSES:
+            pending[platform] -= n
+    seen = set(DeliveryRollup.objects.filter(dispatch=dispatch, rows__gt=0).values_list("platform", flat=True))
+    return {platform: pending[platform] for platform in sorted(seen)}
+
+
 def _two_phones_resolved(app, django_capture_on_commit_callbacks):
     """A dispatch resolved to an iPhone and an Android phone, its rows queued; and the phones."""
     content = PushContentFactory(app=app)
@@ -283,6 +298,63 @@ def _two_phones_resolved(app, django_capture_on_commit_callbacks):
         )
         dispatch_prepare(dispatch_id=dispatch.pk)
     return dispatch, phones
+
+
+def test_a_phone_deleted_while_its_row_is_leased_is_counted_under_the_platform_it_was_targeted_on(
+    pushsim_app, open_gate, django_capture_on_commit_callbacks
+):
+    """The watchdog counted the row of a phone deleted while a worker held it under ``none``, its
+    targeted count staying under the phone's platform: that platform kept a row pending for ever,
+    ``none`` a final row it never targeted; the late answer then moved the count under the claim's
+    platform, out of an ``unknown`` it never held. Every outcome of the row is counted under the
+    platform it was targeted on."""
+    from delivery.models import Device
+    from delivery.services.claims import Result, deliveries_write_back
+    from delivery.services.dispatches import dispatch_recount
+
+    dispatch, phones = _two_phones_resolved(pushsim_app, django_capture_on_commit_callbacks)
+    claimed = deliveries_claim(dispatch.pk, limit=2, now=timezone.now())
+    Device.objects.filter(pk=phones[0].pk).delete()  # while the worker holds its row
+
+    assert deliveries_expire_leases(now=timezone.now() + dt.timedelta(hours=1)) == 2
+    assert pending_by_platform(dispatch) == {"android": 0, "ios": 0}
+    dispatch.refresh_from_db()
+    assert dispatch.by_platform == {"ios": {"unknown": 1}, "android": {"unknown": 1}}
+
+    written = deliveries_write_back(
+        dispatch.pk,
+        [Result(row.id, "accepted", provider_id=f"late-{row.id}") for row in claimed],
+        now=timezone.now(),
+        platforms={row.id: row.platform for row in claimed},
+        claims={row.id: row.attempts for row in claimed},
+    )
+    assert written == {"accepted": 2}
+    said = {"ios": {"accepted": 1}, "android": {"accepted": 1}}
+    dispatch.refresh_from_db()
+    assert (dispatch.accepted, dispatch.unknown, dispatch.by_platform) == (2, 0, said)
+    assert dispatch_recount(dispatch_id=dispatch.pk).by_platform == said
+    assert pending_by_platform(dispatch) == {"android": 0, "ios": 0}
+
+
+def test_a_phone_deleted_before_its_row_is_claimed_fails_under_the_platform_it_was_targeted_on(
+    pushsim_app, pushsim, open_gate, django_capture_on_commit_callbacks
+):
+    """A row whose phone was deleted before its turn fails as ``device_deleted``: it was counted
+    under ``none``, its platform's targeted row left pending."""
+    from delivery.models import Device
+
+    dispatch, phones = _two_phones_resolved(pushsim_app, django_capture_on_commit_callbacks)
+    Device.objects.filter(pk=phones[0].pk).delete()
+    dispatch_send(dispatch_id=dispatch.pk)
+
+    assert set(Delivery.objects.filter(dispatch=dispatch).values_list("status", "reason")) == {
+        ("failed", "device_deleted"),
+        ("accepted", ""),
+    }
+    assert pending_by_platform(dispatch) == {"android": 0, "ios": 0}
+    dispatch.refresh_from_db()
+    assert dispatch.status == "done"
+    assert dispatch.by_platform == {"ios": {"failed": 1}, "android": {"accepted": 1}}
 
 
 def test_the_watchdog_given_a_time_finishes_the_rows_it_ends_then(
