@@ -102,8 +102,8 @@ def _transition(name: str, make, audited=None):
         obj = make(by)
         opts = obj._meta
         url = reverse(f"admin:{opts.app_label}_{opts.model_name}_transition", args=[obj.pk, name])
-        data = {"confirmed": "yes"}  # the answer of the page asking again (Stop)
-        if name == "test_send":  # acts once per page drawn: with the page's one-time token
+        data = {"confirmed": "yes"}  # the answer of the page asking again (Stop, Test send)
+        if name == "test_send":  # acts once per question drawn: with the question's one-time token
             from accounts.form_tokens import form_token_issue
 
             data["form_token"] = form_token_issue(user=by, purpose=f"{opts.label_lower}:{name}", subject=str(obj.pk))

@@ -161,8 +161,8 @@ def _act(client, user, campaign, action, admin_erin):
             f"/api/v1/campaigns/{campaign.pk}/trigger/", {"recipients": [{"external_id": "nobody"}]}, format="json"
         )
     names = {"cancel": "cancel_request"}
-    data = {"confirmed": "yes"}  # as Stop's page asks
-    if action == "test_send":  # with the token its page draws (those refused see no such page)
+    data = {"confirmed": "yes"}  # as Stop's and Test send's questions ask
+    if action == "test_send":  # with the token its question draws (those refused see no such question)
         from accounts.form_tokens import form_token_issue
 
         data["form_token"] = form_token_issue(

@@ -12,6 +12,7 @@ from campaigns.review import campaign_phones_html
 from campaigns.services.lifecycle import campaign_create
 from campaigns.services.scheduling import campaign_test_send
 from tests.factories import DeviceFactory, PushContentFactory, SegmentFactory
+from tests.pages import form_token_of
 
 pytestmark = pytest.mark.django_db
 
@@ -284,22 +285,89 @@ def test_a_test_send_pressed_on_the_campaigns_page_links_to_its_sends(client, na
         assert f'<a href="/admin/delivery/dispatch/{dispatch.pk}/change/">{dispatch}</a>' in page
 
 
-def _test_send_token(client, campaign) -> str:
-    """The one-time token the campaign's page carries for its Test send button, as the page draws it."""
-    from tests.pages import form_token_of
+def _ask_test_send(client, campaign):
+    """The campaign page's Test send pressed: the question it asks first."""
+    return client.post(f"/admin/campaigns/campaign/{campaign.pk}/transition/test_send/", follow=True)
 
-    return form_token_of(client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content)
+
+def _test_send_token(client, campaign) -> str:
+    """The one-time token of the question Test send asks first, as the page draws it."""
+    return form_token_of(_ask_test_send(client, campaign).content)
 
 
 def _press_test_send(client, campaign, token):
+    """The question's Yes, posted with ``token``."""
     return client.post(
-        f"/admin/campaigns/campaign/{campaign.pk}/transition/test_send/", {"form_token": token}, follow=True
+        f"/admin/campaigns/campaign/{campaign.pk}/transition/test_send/",
+        {"confirmed": "yes", "form_token": token},
+        follow=True,
     )
 
 
 @pytest.mark.presses("campaigns.campaign:transition/test_send")
-def test_test_send_pressed_twice_on_one_page_sends_once_and_links_the_first(client, named_campaign, manager_alice):
-    """A double click posts the page's button twice: the second sends nothing and links the dispatch."""
+def test_test_send_asks_first_saying_how_many_phones_it_reaches_and_yes_sends(
+    client, named_campaign, manager_alice, django_capture_on_commit_callbacks
+):
+    """The campaign page's Test send sent at once, where the push content list's Send a test asks
+    first naming how many phones it reaches: it asks the same question, and its Yes sends."""
+    from delivery.models import Dispatch
+
+    for platform in ("ios", "android", "ios"):
+        DeviceFactory(app=named_campaign.app, is_test=True, platform=platform)
+    DeviceFactory(app=named_campaign.app, is_test=True, active=False)  # a dead phone gets nothing: not counted
+    DeviceFactory(app=named_campaign.app)  # not a test device
+    client.force_login(manager_alice)
+    asked = _ask_test_send(client, named_campaign)
+    page = asked.content.decode()
+    assert asked.status_code == 200 and 'id="lifecycle-question"' in page
+    assert "Test send campaign “Spring sale”?" in page
+    assert "It reaches 3 phones: the active test devices of its app." in page
+    assert not Dispatch.objects.exists()  # asked, nothing sent
+    with django_capture_on_commit_callbacks(execute=False):
+        answer = _press_test_send(client, named_campaign, form_token_of(page))
+    (dispatch,) = Dispatch.objects.filter(kind="test")
+    assert "Test send started" in answer.content.decode()
+    assert f'<a href="/admin/delivery/dispatch/{dispatch.pk}/change/">{dispatch}</a>' in answer.content.decode()
+
+
+@pytest.mark.presses("campaigns.campaign:transition/test_send")
+def test_test_send_of_a_campaign_with_variants_says_each_phone_gets_each(client, named_campaign, manager_alice):
+    from tests.campaigns.helpers import variants_set
+
+    other = PushContentFactory(app=named_campaign.app, name="Sale B", title="B", body="Hi")
+    variants_set(named_campaign, manager_alice, [named_campaign.content, other], [50, 50])
+    DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
+    client.force_login(manager_alice)
+    page = _ask_test_send(client, named_campaign).content.decode()
+    assert "It reaches 1 phone: the active test devices of its app." in page
+    assert "one test send per variant (2): each phone gets each" in page
+
+
+@pytest.mark.presses("campaigns.campaign:transition/test_send")
+def test_a_viewer_pressing_test_send_is_refused_without_a_question_and_nothing_is_sent(
+    client, named_campaign, viewer_carol
+):
+    from accounts.form_tokens import form_token_issue
+    from delivery.models import Dispatch
+
+    DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
+    access_grant(obj=named_campaign.app, to=viewer_carol, by=None)
+    client.force_login(viewer_carol)
+    assert b'value="test_send"' not in client.get(f"/admin/campaigns/campaign/{named_campaign.pk}/change/").content
+    asked = client.post(f"/admin/campaigns/campaign/{named_campaign.pk}/transition/test_send/")
+    assert asked.status_code == 403 and b"lifecycle-question" not in asked.content
+    token = form_token_issue(user=viewer_carol, purpose="campaigns.campaign:test_send", subject=str(named_campaign.pk))
+    forged = client.post(
+        f"/admin/campaigns/campaign/{named_campaign.pk}/transition/test_send/",
+        {"confirmed": "yes", "form_token": token},
+    )
+    assert forged.status_code == 403
+    assert not Dispatch.objects.exists()
+
+
+@pytest.mark.presses("campaigns.campaign:transition/test_send")
+def test_test_send_answered_twice_on_one_question_sends_once_and_links_the_first(client, named_campaign, manager_alice):
+    """A double click posts the question's Yes twice: the second sends nothing and links the dispatch."""
     from delivery.models import Dispatch
 
     DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
@@ -310,11 +378,12 @@ def test_test_send_pressed_twice_on_one_page_sends_once_and_links_the_first(clie
     (dispatch,) = Dispatch.objects.filter(kind="test")
     page = again.content.decode()
     assert again.status_code == 200 and "This test send was started already" in page
+    assert "Nothing was sent again; press Test send again to send another test." in page
     assert f'<a href="/admin/delivery/dispatch/{dispatch.pk}/change/">{dispatch}</a>' in page
 
 
 @pytest.mark.presses("campaigns.campaign:transition/test_send")
-def test_test_send_pressed_on_two_page_loads_sends_twice(client, named_campaign, manager_alice):
+def test_test_send_answered_on_two_questions_sends_twice(client, named_campaign, manager_alice):
     from delivery.models import Dispatch
 
     DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
@@ -325,7 +394,7 @@ def test_test_send_pressed_on_two_page_loads_sends_twice(client, named_campaign,
 
 
 @pytest.mark.parametrize("token", ["", "forged", "another campaign's"])
-def test_test_send_without_its_pages_token_is_refused_saying_so(client, named_campaign, manager_alice, token):
+def test_test_send_without_its_questions_token_is_refused_saying_so(client, named_campaign, manager_alice, token):
     from delivery.models import Dispatch
 
     DeviceFactory(app=named_campaign.app, is_test=True, platform="ios")
@@ -338,7 +407,7 @@ def test_test_send_without_its_pages_token_is_refused_saying_so(client, named_ca
         )
     answer = _press_test_send(client, named_campaign, token)
     assert answer.status_code == 200 and "nothing was done" in answer.content.decode()
-    assert not Dispatch.objects.filter(kind="test").exists()
+    assert not Dispatch.objects.exists()
 
 
 def next_monday_at(wall: dt.time, zone: str) -> dt.datetime:

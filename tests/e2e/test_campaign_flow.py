@@ -50,8 +50,11 @@ def test_manager_builds_and_approver_approves_a_campaign(
     page.wait_for_url(f"**/admin/campaigns/campaign/{campaign.pk}/change/**")
     screenshot("campaign-draft")
 
-    # Test send: only the app's test phone gets it, before any approval.
+    # Test send: asked first, naming how many phones it reaches; only the app's test phone gets it,
+    # before any approval.
     page.click("button[value=test_send]")
+    assert "It reaches 1 phone" in page.inner_text("#lifecycle-consequences")
+    page.click("#lifecycle-confirm")
     page.wait_for_selector(".messagelist .success")
     assert pushsim.state.count(test_phone.token) == 1
     assert pushsim.state.count(zoe_ios.token) == 0
