@@ -38,11 +38,9 @@ def test_a_view_writes_nothing_and_says_the_size_is_not_counted_yet_with_how_to_
     client.force_login(viewer_carol)
     page = _page(client, campaign)
     assert Segment.objects.filter(pk=segment.pk).values("last_reach", "last_count", "last_counted_at").get() == stored
-    # viewer_carol works on the app, not on the segment: it is said by number
-    assert (
-        f"segment #{segment.pk}: size not counted yet (whoever may edit the campaign and see the segment can count "
-        "it)." in page
-    )
+    # viewer_carol works on the app, not on the segment: it is said by number, and nothing of its size
+    assert f"size not shown: segment #{segment.pk} is outside your access" in page
+    assert "size not counted yet" not in page
     assert 'id="count-audience"' not in page
     client.force_login(manager_alice)
     page = _page(client, campaign)
@@ -68,9 +66,11 @@ def test_count_now_keeps_the_figure_the_page_then_shows_with_its_age(
     Segment.objects.filter(pk=segment.pk).update(
         last_reach=[{**_kept(segment, team), "counted_at": (timezone.now() - dt.timedelta(hours=3)).isoformat()}]
     )
-    client.force_login(viewer_carol)
     page = _page(client, campaign)
     assert "1 reachable (iOS 1 / Android 0) → 1 opted in (counted 3\xa0hours ago)" in page
+    client.force_login(viewer_carol)  # who may not see the segment: told nothing of its size
+    page = _page(client, campaign)
+    assert f"size not shown: segment #{segment.pk} is outside your access" in page
     assert 'id="count-audience"' not in page
     assert _kept(segment, team)["reachable"] == 1  # the viewer's view counted nothing
 
@@ -353,7 +353,7 @@ def test_count_now_is_neither_offered_nor_served_to_a_reader_who_may_not_see_the
 
     client.force_login(approver_bob)
     page = _page(client, campaign)
-    assert f"segment #{segment.pk}: size not counted yet" in page
+    assert f"size not shown: segment #{segment.pk} is outside your access" in page
     assert 'id="count-audience"' not in page and "Count now counts it" not in page
     response = client.post(url)
     assert response.status_code == 403
@@ -363,3 +363,24 @@ def test_count_now_is_neither_offered_nor_served_to_a_reader_who_may_not_see_the
     assert 'id="count-audience"' in _page(client, campaign)
     assert "Audience counted: Everyone: 1 profile → 1 reachable" in client.post(url, follow=True).content.decode()
     assert _kept(segment, team)["reachable"] == 1
+
+
+def test_a_kept_size_is_withheld_from_a_reader_outside_the_segments_access(
+    client, make_campaign, segment, team, manager_alice, manager_mallory, viewer_carol
+):
+    """The size of a segment tells what it holds: the campaign page showed the one kept for it
+    ("segment #12: 2 profiles → ...") to a reader who may see the campaign but not its segment (a
+    Viewer of the app, a Manager working through the app). Those read that it is not shown, and
+    why; alice, who sees the segment, reads its size."""
+    DeviceFactory(profile=ProfileFactory(locale="fr"), app=team, platform="ios")
+    DeviceFactory(profile=ProfileFactory(locale="de"), app=team, platform="android")
+    campaign = make_campaign()
+    _count(client, campaign, manager_alice)
+    said = "2 profiles → 2 reachable (iOS 1 / Android 1) → 2 opted in"
+    assert f"Everyone: {said} (counted under a minute ago)" in _page(client, campaign)
+
+    for reader in (viewer_carol, manager_mallory):
+        client.force_login(reader)
+        page = _page(client, campaign)
+        assert f"size not shown: segment #{segment.pk} is outside your access" in page
+        assert "2 profiles" not in page and "2 reachable" not in page and "counted under a minute ago" not in page
