@@ -298,7 +298,8 @@ def audience_kept_text(
     of a second at 1,000,000 profiles), and a view writes nothing: only *Count now* keeps a count.
     The approver's review counts now without keeping it (``audience_text``). The segment is named
     only to a ``reader`` who may see it, "segment #12" to the others (``names``, when the caller
-    read them already).
+    read them already), and its size too: the size of a segment tells what it holds, so the others
+    read that it is not shown, and why.
 
     Raises PermissionDenied when ``count`` asks and ``reader`` may not see the segment.
     """
@@ -314,8 +315,10 @@ def audience_kept_text(
         return reach_text(None, app_id=campaign.app_id, holdout_share=campaign.holdout_share, purpose=campaign.purpose)
     names = names if names is not None else ReaderNames.of(reader, segments={segment.pk})
     said = names.segment(segment.pk)
-    if count and segment.pk not in names.segments:
-        raise PermissionDenied(f"You may not count {said}: it is a segment you have no access to.")
+    if segment.pk not in names.segments:
+        if count:
+            raise PermissionDenied(f"You may not count {said}: it is a segment you have no access to.")
+        return f"size not shown: {said} is outside your access"
     if count:
         read = segment_definition_read(segment)  # before counting: what the count is of
         reach = audience_reach(segment=segment, app_id=campaign.app_id)
