@@ -713,7 +713,8 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
     def audience_size(self, obj):
         """Profiles → reachable in the campaign's app (iOS / Android) → opted in, as last counted
         with its age, or not counted yet (a view counts nothing and writes nothing); *Count now*
-        for those who may edit it."""
+        for those who may edit it. Not shown to a reader who may not see its segment
+        (``audience_kept_text``)."""
         if obj is None or obj.pk is None:
             return "Counted once the campaign is saved."
         request, button = page_request(), ""
