@@ -627,3 +627,119 @@ def test_status_check_exits_2_when_a_stream_sender_slot_has_not_beaten_for_two_m
     cache.delete("pushdesk:stream-sender:1")
     code, out, err = _check(capsys)
     assert code == 0 and "slot 1: no heartbeat since" in out and err == "", out
+
+
+@pytest.fixture
+def queue_with_figures(db, queue, beat):
+    """Two tasks waiting (the oldest for 7 minutes), a cluster of two workers restarted once, a
+    success of 2 s today, one of yesterday and a failure."""
+    from django_q.status import Stat, Status
+
+    now = timezone.now()
+    for minutes in (7, 1):
+        queue.enqueue(
+            SignedPackage.dumps(
+                {
+                    "id": uuid.uuid4().hex,
+                    "name": "t",
+                    "func": "math.floor",
+                    "args": (1,),
+                    "kwargs": {},
+                    "started": now - dt.timedelta(minutes=minutes),
+                }
+            )
+        )
+    for hours, seconds, success in ((1, 2, True), (30, 9, True), (2, 1, False)):
+        stopped = now - dt.timedelta(hours=hours)
+        Task.objects.create(
+            id=uuid.uuid4().hex,
+            name=f"t{hours}",
+            func="math.floor",
+            success=success,
+            started=stopped - dt.timedelta(seconds=seconds),
+            stopped=stopped,
+        )
+    cluster = Status(pid=4321, cluster_id=uuid.uuid4())
+    cluster.workers, cluster.reincarnations = [4322, 4323], 1
+    key = Stat.get_key(cluster.cluster_id)
+    queue.set_stat(key, SignedPackage.dumps(cluster, True), 60)
+    yield
+    if "redis" in settings.Q_CLUSTER:
+        queue.connection.delete(key)
+    else:
+        queue.cache.delete(key)
+
+
+QUEUE_FIGURES = {
+    "queue": settings.Q_CLUSTER["name"],
+    "clusters": 1,
+    "workers": 2,
+    "restarts": 1,
+    "queued": 2,
+    "successes": 2,
+    "failures": 1,
+    "tasks_last_24h": 1,
+    "average_task_seconds_last_24h": 2.0,
+}
+
+
+def _figures_said(text: str) -> dict:
+    said = {}
+    for line in text.splitlines():
+        name, value = line.split(None, 1)
+        said[name] = value
+    return said
+
+
+def test_status_queue_prints_the_queue_s_figures_one_a_line(queue_with_figures):
+    """qinfo's figures run together when its output is not a terminal (``Clusters1Workers2…``):
+    ``status --queue`` prints each on a line of its own, its name then its value."""
+    out = io.StringIO()
+    call_command("status", "--queue", stdout=out)
+    said = _figures_said(out.getvalue())
+    assert {name: said.get(name) for name in QUEUE_FIGURES} == {n: str(v) for n, v in QUEUE_FIGURES.items()}
+    assert 420 <= float(said["oldest_task_age_seconds"]) < 430
+    assert said["schedules"] == str(Schedule.objects.count())
+    assert said["broker"].split()[0] in ("Redis", "ORM")
+    assert "SECRET_KEY" not in out.getvalue() and "instance" not in said  # the queue's lines alone
+
+
+def test_status_queue_json_prints_the_figures_as_one_object(queue_with_figures):
+    import json
+
+    out = io.StringIO()
+    call_command("status", "--queue", "--json", stdout=out)
+    figures = json.loads(out.getvalue())
+    assert {name: figures.get(name) for name in QUEUE_FIGURES} == QUEUE_FIGURES
+    assert 420 <= figures["oldest_task_age_seconds"] < 430
+    assert figures["schedules"] == Schedule.objects.count()
+
+
+def test_status_json_goes_with_queue(db):
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="--json goes with --queue"):
+        call_command("status", "--json", stdout=io.StringIO())
+
+
+def test_qinfo_off_a_terminal_prints_the_figures_one_a_line(queue_with_figures, capsys):
+    """Piped or in a script, qinfo's columns ran together; there it prints ``status --queue``'s lines."""
+    out = io.StringIO()
+    call_command("qinfo", stdout=out)
+    text = out.getvalue() + capsys.readouterr().out
+    assert "Clusters1Workers" not in text
+    said = _figures_said(text)
+    assert {name: said.get(name) for name in ("clusters", "workers", "queued")} == {
+        "clusters": "1",
+        "workers": "2",
+        "queued": "2",
+    }
+
+
+def test_status_queue_says_in_one_line_that_redis_does_not_answer(db, redis_down):
+    from django.core.management import CommandError
+
+    with pytest.raises(
+        CommandError, match=r"^Redis does not answer \(ConnectionError.*\): start it, or check REDIS_URL\.$"
+    ):
+        call_command("status", "--queue", stdout=io.StringIO())
