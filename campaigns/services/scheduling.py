@@ -123,14 +123,40 @@ def _audience_gate(campaign: Campaign, approved) -> None:
 
 def campaign_audience_check(dispatch: Dispatch) -> None:
     """A campaign's dispatch about to read its segment: GateClosed unless that segment is still the
-    approved version's, defined as it was approved (the gate judged it when the dispatch was made)."""
+    approved version's, defined as it was approved (the gate judged it when the dispatch was made).
+    Call it in the transaction that writes the rows: the segments it reads stay held until then
+    (``_audience_hold``)."""
     from delivery.services.dispatches import GateClosed
 
     campaign = Campaign.objects.filter(pk=dispatch.source_id).first()
     approved = campaign.approved() if campaign is not None else None
     if approved is None or approved.segment_id != dispatch.segment_id:
         raise GateClosed(f"The audience of '{campaign}' is no longer the approved one.")
+    _audience_hold(approved)
     _audience_gate(campaign, approved)
+
+
+def _audience_hold(approved) -> None:
+    """Hold the approved version's segment and those its rules use, at any depth (as approved, and
+    as referenced now), ``FOR SHARE`` until the transaction ends: a change of one (its rules, a kept
+    list's members, an import into it), which locks its row first, waits for the rows read from its
+    definition as checked, instead of committing between the check and the statements that read it
+    (a sliced resolve's each begin apart) and reaching people no approver read. Sends of the same
+    segment share the lock. SQLite's write lock serialises them."""
+    from django.db import connection
+
+    from audiences.models import Segment, segments_reached
+
+    if connection.vendor != "postgresql":
+        return
+    segment_id = approved.segment_id
+    held = {segment_id, *segments_reached([segment_id]).get(segment_id, ())}
+    held |= {int(pk) for pk in approved.snapshot.get("audience_definition") or {}}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {Segment._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR SHARE",  # noqa: S608 (a table name; values are bound)
+            [sorted(held)],
+        )
 
 
 def campaign_dispatch_refused(dispatch: Dispatch, reason: str) -> None:
