@@ -346,7 +346,7 @@ REFUSED_LOOKUPS = frozenset({"regex", "iregex", "range", "year", "iso_year"})
 
 class BoundedLookupsMixin:
     """An admin whose list refuses the query-string lookups of ``REFUSED_LOOKUPS``, and those on its
-    ``withheld_fields`` to whoever does not see every object."""
+    ``withheld_fields`` to whoever is not told them (by default, whoever does not see every object)."""
 
     # The fields whose value a page says only to a reader who may see what it names (a subject's
     # name kept on a row, say): Django's list takes a lookup on any field in its address, and
@@ -356,9 +356,14 @@ class BoundedLookupsMixin:
     # them, the list would place a row among the reader's own by what it withholds.
     withheld_columns: tuple[str, ...] = ()
 
+    def reads_withheld(self, request) -> bool:
+        """Whether the reader is told what ``withheld_fields`` and ``withheld_columns`` hold:
+        whoever sees every object, unless a list says otherwise."""
+        return has_every_scope(request.user)
+
     def get_sortable_by(self, request):
         sortable = super().get_sortable_by(request)
-        if self.withheld_columns and not has_every_scope(request.user):
+        if self.withheld_columns and not self.reads_withheld(request):
             return [column for column in sortable if column not in self.withheld_columns]
         return sortable
 
@@ -368,9 +373,9 @@ class BoundedLookupsMixin:
         regular expression the database cannot compile, or one that backtracks for minutes; a range
         that is not two values; a year outside the calendar. The date hierarchy's own year, month
         and day are checked by ``BoundedDateChangeList``. A lookup on one of ``withheld_fields`` is
-        refused to whoever does not see every object."""
+        refused to whoever is not told them (``reads_withheld``)."""
         if lookup.split(LOOKUP_SEP, 1)[0] in self.withheld_fields and (
-            request is None or not has_every_scope(request.user)
+            request is None or not self.reads_withheld(request)
         ):
             return False
         if self.date_hierarchy and lookup in {f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day")}:

@@ -51,6 +51,13 @@ class IdempotentRequestAdmin(ReadOnlyAdminMixin, BigTableAdmin):
     actions = []
     fields = ("idempotency_key", "api_key_prefix", "state", "response_status", "body_hash", "created_at")
     readonly_fields = fields
+    # Whose key sent a record is said only to whoever reads the keys of others: asked by a user's
+    # id or a key's (``?user__id__exact=``), a list keeping or dropping a record it shows with
+    # "another user's key" would say it, one id after another.
+    withheld_fields = ("user", "api_key")
+
+    def reads_withheld(self, request) -> bool:
+        return request.user.has_perm("accounts.manage_others_apikey")
 
     def get_queryset(self, request):
         return self.records_visible_to(request.user).annotate(api_key_named=self._key_named(request.user))
