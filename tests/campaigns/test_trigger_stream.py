@@ -493,6 +493,39 @@ def test_a_stream_opened_by_a_direct_call_with_other_content_is_refused_and_trig
     assert "Hi there" in str(received) and "Words nobody approved" not in str(received)
 
 
+def test_a_stream_opened_by_a_direct_call_with_another_context_is_refused_and_triggers_show_the_approved_name(
+    pushsim_app, manager_alice, approver_bob, trigger_client, zoe, pushsim, django_capture_on_commit_callbacks
+):
+    """The stream's context is what every row's content reads ``context.campaign`` from (a call may
+    not name it): a direct service call opening today's stream first with a name nobody approved is
+    refused by the campaign's gate, as another content is, so the triggers' phones show the approved name."""
+    from delivery.services.dispatches import GateClosed
+    from delivery.services.streams import stream_open
+    from tests.campaigns.conftest import _live_trigger
+
+    campaign = _live_trigger(
+        pushsim_app, manager_alice, approver_bob, title="{{ context.campaign.name }}", body="It is on its way"
+    )
+    approved = campaign.approved()
+    with pytest.raises(GateClosed, match="context"):
+        stream_open(
+            kind=Dispatch.Kind.API_TRIGGER,
+            source_id=campaign.pk,
+            version=campaign.approved_fingerprint,
+            app_id=campaign.app_id,
+            content_id=approved.content_id,
+            label="Order shipped: API triggers",
+            spec=approved.spec,
+            purpose=approved.purpose,
+            context={"campaign": {"id": campaign.pk, "name": "Everything free, today only"}},
+        )
+    assert not Dispatch.objects.filter(standing=True).exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _trigger(trigger_client, campaign, "zoe").status_code == 202
+    (received,) = pushsim.state.recent(token=zoe.devices.get().token)
+    assert received["title"] == "Order shipped"
+
+
 @pytest.mark.parametrize("revised", ["kind", "app"])
 def test_a_revision_moving_the_campaigns_kind_or_app_leaves_the_approved_version_triggerable(
     live_trigger, trigger_client, zoe, pushsim_app, manager_alice, revised
