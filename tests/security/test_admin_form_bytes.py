@@ -63,3 +63,34 @@ def test_a_text_field_given_bytes_that_are_not_utf8_is_refused_under_its_name(cl
         assert any("not UTF-8" in message for message in form.errors.get(field, [])), (name, form.errors)
         probed.append(name)
     assert len(probed) >= 2, probed
+
+
+def _segment_posted(client, segment, **changes):
+    url = f"/admin/audiences/segment/{segment.pk}/change/"
+    data = {
+        key: values if len(values) > 1 else values[0]
+        for key, values in page_form(client.get(url).content.decode()).data.items()
+    }
+    return client.post(url, {**data, **changes})
+
+
+def test_text_holding_u_fffd_from_before_passes_unchanged_and_is_refused_changed(client, admin_erin):
+    """Text that really holds U+FFFD, saved before the forms refused it (or through a path that takes
+    it), was refused whenever its object was edited, though the field was not: only a changed value
+    is checked."""
+    from audiences.models import Segment
+    from tests.factories import SegmentFactory
+
+    segment = SegmentFactory(name="Caf\ufffd regulars", description="Kept \ufffd as it was")
+    client.force_login(admin_erin)
+
+    answer = _segment_posted(client, segment, description="Kept \ufffd as it was", name="Caf\ufffd regulars")
+
+    assert answer.status_code == 302, answer.context["adminform"].form.errors if answer.context else answer
+    segment.refresh_from_db()
+    assert (segment.name, segment.description) == ("Caf\ufffd regulars", "Kept \ufffd as it was")
+    renamed = _segment_posted(client, segment, name="Caf\ufffd regulars 2")
+    assert renamed.status_code == 200
+    assert any("not UTF-8" in message for message in renamed.context["adminform"].form.errors["name"])
+    assert "description" not in renamed.context["adminform"].form.errors
+    assert Segment.objects.get(pk=segment.pk).name == "Caf\ufffd regulars"
