@@ -396,8 +396,10 @@ class ReadableTextForm:
     that are not UTF-8 as, in a urlencoded or a multipart body alike (its 'replace' handler), which
     the form would otherwise save in place of what was sent. The API refuses them as its parsers
     read the body (``accounts.parsers``). A split widget's parts (``schedule_0``) count as its
-    field's. A part Django left out, its header not UTF-8 (``unreadable_parts``: a file whose name
-    is not), is said so under its field, in place of "No file was submitted"."""
+    field's. Only a changed value is checked: text that really holds U+FFFD, saved before the rule
+    or through a path that takes it, passes as long as it is sent back as it is kept. A part Django
+    left out, its header not UTF-8 (``unreadable_parts``: a file whose name is not), is said so
+    under its field, in place of "No file was submitted"."""
 
     unreadable_parts: Sequence[str] = ()
 
@@ -407,6 +409,7 @@ class ReadableTextForm:
             return
         getlist = getattr(self.data, "getlist", None)
         unsaid = set(self.unreadable_parts)
+        changed = set(self.changed_data)
         for name in list(self.fields):
             key = self.add_prefix(name)
             parts = re.compile(rf"{re.escape(key)}(?:_\d+)?")
@@ -414,6 +417,8 @@ class ReadableTextForm:
                 unsaid.discard(key)
                 self._errors.pop(name, None)  # "This field is required": it was sent, unread
                 self.add_error(name, UNREADABLE_PART)
+                continue
+            if name not in changed:
                 continue
             for sent in self.data:
                 values = getlist(sent) if getlist else [self.data[sent]]
