@@ -1881,3 +1881,94 @@ def test_a_renamed_journeys_new_version_once_approved_sends_the_new_name(
         journeys_run_due(now=t0 + dt.timedelta(minutes=63))
     titles = {p: [push["title"] for push in pushsim.state.recent(token=p.devices.get().token)] for p in (first, second)}
     assert titles == {first: ["Onboarding"], second: ["Everything free, today only"]}
+
+
+def _steps_not_adding_up(version) -> dict[str, tuple[int, int]]:
+    """Each step of the version's counters where those who came in (entered) are not those who went
+    on, ended or are still there: step → (in, out and inside); and under "*", when the version's
+    enrollments are not those its counters ended and those still open: (enrollments, ended and open)."""
+    from collections import Counter
+
+    from journeys.models import StepStat
+
+    ends = ("failed", "exited", "exit_event", "stopped", "deleted")
+    came, went, ended = Counter(), Counter(), 0
+    for step, metric, count in StepStat.objects.filter(version=version).values_list("step", "metric", "count"):
+        if metric == "entered":
+            came[step] += count
+        elif metric.split(":")[0] in ("passed", "pushed", *ends):
+            went[step] += count
+        ended += count if metric in ends else 0
+    enrollments = Enrollment.objects.filter(version=version)
+    for step in enrollments.filter(status__in=Enrollment.OPEN_STATUSES).values_list("step", flat=True):
+        went[step] += 1
+        ended += 1
+    wrong = {step: (came[step], went[step]) for step in came | went if came[step] != went[step]}
+    if enrollments.count() != ended:
+        wrong["*"] = (enrollments.count(), ended)
+    return wrong
+
+
+@pytest.mark.embedded
+def test_a_profile_at_a_step_its_version_does_not_have_fails_counted_there(make_journey, publish):
+    """An enrollment at a step its version does not have (a row written by hand, or by a migration)
+    ended failed, counted nowhere: its profile left the journey's figures."""
+    lost, kept = ProfileFactory.create_batch(2)
+    journey = publish(make_journey(graph=_wait_graph(seconds=0)))
+    journey_enter_segment(journey_id=journey.pk)
+    Enrollment.objects.filter(profile=lost).update(step="gone")
+    journeys_run_due()
+    ended = _enrollment(journey, lost)
+    assert (ended.status, ended.exit_reason) == ("failed", "step 'gone' is not in version 1")
+    assert _enrollment(journey, kept).status == "completed"
+    assert _steps_not_adding_up(journey.live_version) == {}
+    counted = journey.live_version.stats.filter(step="gone").values_list("metric", "count")
+    assert sorted(counted) == [("entered", 1), ("failed", 1)]
+
+
+@pytest.mark.embedded
+def test_a_profile_running_more_steps_than_its_version_has_fails_counted_where_it_stopped(make_journey, publish):
+    """A graph that loops (saved past the checks, by hand or by a migration) ran its profiles until
+    the engine gave up on them, failed, counted nowhere: the step where they stopped had not counted
+    them entered, nor ended."""
+    from journeys.models import JourneyVersion
+
+    (profile,) = ProfileFactory.create_batch(1)
+    journey = publish(make_journey(graph=_wait_graph(seconds=0)))
+    journey_enter_segment(journey_id=journey.pk)
+    loop = {
+        "steps": [
+            {"id": "pause", "type": "wait", "seconds": 0, "next": "again"},
+            {"id": "again", "type": "wait", "seconds": 0, "next": "pause"},
+        ]
+    }
+    JourneyVersion.objects.filter(pk=journey.live_version_id).update(graph=loop)
+    journeys_run_due()
+    ended = _enrollment(journey, profile)
+    assert (ended.status, ended.exit_reason) == ("failed", "ran more steps than the journey has")
+    version = JourneyVersion.objects.get(pk=journey.live_version_id)
+    assert _steps_not_adding_up(version) == {}
+    assert sum(counts["failed"] for counts in version_step_stats(version).values()) == 1
+
+
+@pytest.mark.embedded
+def test_profiles_the_engine_finds_in_a_journey_no_longer_on_the_air_are_counted_stopped_where_they_were(
+    make_journey, publish
+):
+    """A journey off the air with profiles still due (its status written by hand, or a copy of a
+    database taken mid-stop): the engine ended them ("journey stopped") but counted them nowhere,
+    neither the one waiting nor the one it had not run yet, which its step never counted entered."""
+    t0 = timezone.now()
+    ProfileFactory()
+    journey = publish(make_journey(graph=_wait_graph(seconds=3600), entry_every_hours=1), now=t0)
+    journey_enter_segment(journey_id=journey.pk, now=t0)
+    journeys_run_due(now=t0)
+    entered = ProfileFactory()
+    journey_enter_segment(journey_id=journey.pk, now=t0 + dt.timedelta(hours=2))
+    assert _enrollment(journey, entered).status == "active"
+    Journey.objects.filter(pk=journey.pk).update(status="stopped")
+    journeys_run_due(now=t0 + dt.timedelta(hours=2))
+    assert set(Enrollment.objects.values_list("status", "exit_reason")) == {("exited", "journey stopped")}
+    pause = version_step_stats(journey.live_version)["pause"]
+    assert (pause["entered"], pause["waiting"], pause["exited"], pause["stopped"]) == (2, 0, 2, 2)
+    assert _steps_not_adding_up(journey.live_version) == {}
