@@ -94,3 +94,25 @@ def test_text_holding_u_fffd_from_before_passes_unchanged_and_is_refused_changed
     assert any("not UTF-8" in message for message in renamed.context["adminform"].form.errors["name"])
     assert "description" not in renamed.context["adminform"].form.errors
     assert Segment.objects.get(pk=segment.pk).name == "Caf\ufffd regulars"
+
+
+def test_a_part_whose_name_is_not_utf8_is_refused_with_a_page_saying_so(client, admin_erin):
+    """Django leaves such a part out, as though it had not been sent, and no field of the form is
+    there to say it (the API refuses it naming it): the admin answers 400 saying so, and saves
+    nothing."""
+    from audiences.models import Segment
+
+    client.force_login(admin_erin)
+    url = "/admin/audiences/segment/add/"
+    data = {
+        key: values if len(values) > 1 else values[0]
+        for key, values in page_form(client.get(url).content.decode()).data.items()
+    }
+    data.update(name="Regulars", kind="static")
+    body = encode_multipart(BOUNDARY, {**data, "undecodable-name": "x"}).replace(b"undecodable-name", b"caf\xff")
+
+    answer = client.post(url, body, content_type=f"multipart/form-data; boundary={BOUNDARY}")
+
+    assert answer.status_code == 400
+    assert "not UTF-8" in answer.content.decode()
+    assert not Segment.objects.filter(name="Regulars").exists()
