@@ -134,6 +134,50 @@ def queue_depth_and_oldest_age(*, now: dt.datetime) -> tuple[int, float | None]:
     return depth, age
 
 
+def queue_figures(*, now: dt.datetime | None = None) -> dict:
+    """``qinfo``'s figures of this instance's queue, each under a name of its own, for ``status
+    --queue``: the queue's name and broker, the clusters reporting to it (their workers and
+    restarts), the tasks waiting and how long the oldest has waited (seconds, None when none waits),
+    the successes the queue keeps (``save_limit``) and the failures, the schedules, and the tasks
+    that succeeded in the last 24 hours with their average time (seconds). Raises ``RedisError``
+    while the queue's Redis does not answer, ``django.db.Error`` while the database does not."""
+    from django_q.brokers import get_broker
+    from django_q.models import Failure, Schedule, Success
+    from django_q.status import Stat
+
+    now = now or timezone.now()
+    broker = get_broker()
+    clusters = Stat.get_all(broker=broker)
+    depth, age = queue_depth_and_oldest_age(now=now)
+    # At most save_limit (1,000) rows: the queue keeps no more successes.
+    times = [
+        (stopped - started).total_seconds()
+        for started, stopped in Success.objects.filter(stopped__gte=now - dt.timedelta(hours=24)).values_list(
+            "started", "stopped"
+        )
+    ]
+    return {
+        "queue": settings.Q_CLUSTER["name"],
+        "broker": broker.info(),
+        "clusters": len(clusters),
+        "workers": sum(len(cluster.workers) for cluster in clusters),
+        "restarts": sum(cluster.reincarnations for cluster in clusters),
+        "queued": depth,
+        "oldest_task_age_seconds": round(age, 1) if age is not None else None,
+        "successes": Success.objects.count(),
+        "failures": Failure.objects.count(),
+        "schedules": Schedule.objects.count(),
+        "tasks_last_24h": len(times),
+        "average_task_seconds_last_24h": round(sum(times) / len(times), 3) if times else 0.0,
+    }
+
+
+def queue_figures_lines(figures: dict) -> list[str]:
+    """One line a figure, its name then its value (``none`` for no value): for ``awk``, ``grep`` and eyes."""
+    width = max(len(name) for name in figures) + 1
+    return [f"{name:<{width}}{'none' if value is None else value}" for name, value in figures.items()]
+
+
 def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     """Read the queue, the workers reporting to it, the stream sender slots' heartbeats, the
     unfinished dispatches, the last hour's failed tasks, the event replays waiting, what stops event

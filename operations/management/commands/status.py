@@ -1,6 +1,7 @@
 """Print what an operator watches: the queue, the sends in progress, failed tasks, the beat."""
 
 import datetime as dt
+import json
 import sys
 
 from django.conf import settings
@@ -11,8 +12,8 @@ from django.utils import timezone
 
 from accounts.selectors import superuser_keys_made_by_others
 from delivery.services.apps import app_secret_problems
-from operations.database import database_error_said, database_errors_said
-from operations.status import SENDER_SILENT_SECONDS, late_seconds, snapshot
+from operations.database import database_error_said, database_errors_said, redis_errors_said
+from operations.status import SENDER_SILENT_SECONDS, late_seconds, queue_figures, queue_figures_lines, snapshot
 
 
 def _age(seconds: float | None) -> str:
@@ -36,7 +37,8 @@ class Command(BaseCommand):
         "of a superuser that someone else made, the queue depth and the oldest task's age, the workers reporting to "
         "the queue, each stream sender slot's heartbeat, dispatches sending and their rates, the last hour's failed "
         "tasks, event batches waiting to run again, stalled imports and those no worker takes up, what stops "
-        "retention, and when each schedule of the beat last ran."
+        "retention, and when each schedule of the beat last ran. --queue: the task queue's figures alone, one a line "
+        "(--json: as one JSON object)."
     )
 
     def add_arguments(self, parser):
@@ -55,8 +57,33 @@ class Command(BaseCommand):
                 "not answer)."
             ),
         )
+        parser.add_argument(
+            "--queue",
+            action="store_true",
+            help=(
+                "Print the task queue's figures alone, one a line, its name then its value (qinfo's, which run "
+                "together when its output is not a terminal): the queue and its broker, the clusters reporting to "
+                "it, their workers and restarts, the tasks queued and the oldest one's wait in seconds, the "
+                "successes kept and the failures, the schedules, and the tasks of the last 24 hours with their "
+                "average seconds. While Redis does not answer, it says so in one line and exits with status 1."
+            ),
+        )
+        parser.add_argument(
+            "--json", action="store_true", help="With --queue: the figures as one JSON object (null for no value)."
+        )
 
     def handle(self, *args, **options):
+        if options["json"] and not options["queue"]:
+            raise CommandError("--json goes with --queue (the queue's figures); status prints its lines as text.")
+        if options["queue"]:
+            with database_errors_said(), redis_errors_said():
+                figures = queue_figures()
+            if options["json"]:
+                self.stdout.write(json.dumps(figures))
+            else:
+                for line in queue_figures_lines(figures):
+                    self.stdout.write(line)
+            return
         try:
             with database_errors_said():
                 connection.ensure_connection()
