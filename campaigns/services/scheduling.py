@@ -60,7 +60,8 @@ def campaign_gate(
     campaign sends to the recipients each call names, never to a segment. A scheduled campaign's
     ``context`` is the one its approved version's sends give (``ApprovedVersion.send_context``, under
     the name it was approved with): content may show a context value (with a default), so another
-    context would send words nobody approved; an API trigger's call gives its own.
+    context would send words nobody approved. So is an API-triggered campaign's stream's; each call
+    adds its own values on its rows.
 
     Raises GateClosed otherwise, whoever calls: a forged admin POST or a direct service call alike.
     """
@@ -103,7 +104,9 @@ def _sends_gate(campaign: Campaign, approved, sends: dict, *, context: dict | No
         raise GateClosed(f"'{campaign}' was approved as {approved.purpose}, not {sends.get('purpose')}.")
     if sends.get("rate_limit_per_second") != approved.throttle_per_second:
         raise GateClosed(f"The throttle to send at is not the approved throttle of '{campaign}'.")
-    if not api_triggered and (context or {}) != approved.send_context():
+    # An API trigger's stream too: its context is what every call's rows read ``context.campaign`` from
+    # (each call's own values go on its rows, and may not name it).
+    if (context or {}) != approved.send_context():
         raise GateClosed(f"The context to send with is not the one the approved sends of '{campaign}' give.")
 
 
