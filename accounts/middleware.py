@@ -63,6 +63,8 @@ class _PartHeadersWatch:
         self._marker = b"\r\n--" + boundary
         self._pending = b"\r\n"  # the body opens on its first boundary, with no line before it
         self.unreadable: list[str] = []
+        # Of those, the parts whose name itself is not UTF-8: no field of a form is there to say it.
+        self.unreadable_names: list[str] = []
 
     def read(self, *args, **kwargs):
         chunk = self._stream.read(*args, **kwargs)
@@ -98,14 +100,27 @@ class _PartHeadersWatch:
             headers.decode()
         except UnicodeDecodeError:
             named = _PART_NAME.search(headers)
-            self.unreadable.append(named.group(1).decode(errors="replace") if named else "")
+            name = named.group(1).decode(errors="replace") if named else ""
+            self.unreadable.append(name)
+            try:
+                named.group(1).decode() if named else None
+            except UnicodeDecodeError:
+                self.unreadable_names.append(name)
+
+
+UNREADABLE_NAME = (
+    "The form sent a part whose name is not UTF-8, which could not be read, and so nothing was "
+    "saved: send the form again from a browser or a system that writes names in UTF-8."
+)
 
 
 class UnreadablePartsMiddleware:
     """Note on the request (``request.unreadable_parts``) the names of a multipart body's parts whose
     headers are not UTF-8, which Django leaves out of ``request.POST`` and ``request.FILES`` without
     a word: a file whose name is not UTF-8 read "No file was submitted". Forms say it under the
-    field (``accounts.admin.bases.ReadableTextForm``), the API naming it (``accounts.parsers``)."""
+    field (``accounts.admin.bases.ReadableTextForm``), the API naming it (``accounts.parsers``).
+    A part whose own name is not UTF-8 belongs to no field a form could say it under: outside the
+    API, the body is read before the view runs and such a request is answered 400, saying so."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -119,6 +134,15 @@ class UnreadablePartsMiddleware:
             request._stream = watch
             request.unreadable_parts = watch.unreadable
         return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        watch = getattr(request, "_stream", None)
+        if not isinstance(watch, _PartHeadersWatch) or request.path.startswith(API_PREFIX):
+            return None
+        request.POST  # noqa: B018 (read through the watch now, as CSRF's check reads it before any view)
+        if watch.unreadable_names:
+            return HttpResponseBadRequest(UNREADABLE_NAME, content_type="text/plain; charset=utf-8")
+        return None
 
 
 class AdminMessageMiddleware(MessageMiddleware):
