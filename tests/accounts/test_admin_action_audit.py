@@ -244,6 +244,11 @@ def _resubmit(model, *, success: bool):
     return press
 
 
+def _device_token_shown(by):
+    device = DeviceFactory()
+    return reverse("admin:delivery_device_token", args=[device.pk]), {}, lambda: device
+
+
 def _latest_dispatch():
     return Dispatch.objects.latest("pk")
 
@@ -281,6 +286,7 @@ PRESSES = {
     ),
     "delivery.device:mark_test": _action("mark_test", lambda by: DeviceFactory(is_test=False)),
     "delivery.device:unmark_test": _action("unmark_test", lambda by: DeviceFactory(is_test=True)),
+    "delivery.device:token": _device_token_shown,
     "delivery.dispatch:stop": _action("stop", _running_dispatch),
     "delivery.pushcontent:access": _access(lambda by: PushContentFactory(name="Shared content")),
     "delivery.pushcontent:send_test": _confirmed(
