@@ -310,8 +310,15 @@ def _run_version(
             run.running = False
         return
     if journey.status != Status.LIVE:
+        # Off the air with profiles still due (a stop ends everyone inside, so a batch should not
+        # see one): ended where they are and counted there as a stop counts them (``stopped``); one
+        # not run yet (``active``) is counted entered there too, as the engine counts arrivals.
         for run in runs:
-            _finish(run, EStatus.EXITED, now, reason=f"journey {journey.get_status_display().lower()}")
+            if run.running:
+                if run.row.status != EStatus.WAITING:
+                    stats[(version.pk, run.row.step, "entered")] += 1
+                stats[(version.pk, run.row.step, "stopped")] += 1
+                _finish(run, EStatus.EXITED, now, reason=f"journey {journey.get_status_display().lower()}")
         return
     steps = version.step_map()
     refusals: dict[str, str] = {}  # by condition step: why it may not read its segments ("" when it may)
@@ -339,15 +346,16 @@ def _run_version(
             at_step[run.row.step].append(run)
         for step_id, group in at_step.items():
             step = steps.get(step_id)
-            if step is None:
-                for run in group:
-                    _finish(run, EStatus.FAILED, now, reason=f"step '{step_id}' is not in version {version.number}")
-                continue
-            kind = step["type"]
             resuming = [r for r in group if r.row.status == EStatus.WAITING]
             arriving = [r for r in group if r.row.status != EStatus.WAITING]
             if arriving:
                 stats[(version.pk, step_id, "entered")] += len(arriving)
+            if step is None:  # counted there all the same, so that each profile that ends is counted
+                for run in group:
+                    _finish(run, EStatus.FAILED, now, reason=f"step '{step_id}' is not in version {version.number}")
+                stats[(version.pk, step_id, "failed")] += len(group)
+                continue
+            kind = step["type"]
             if kind == "wait":
                 for run in resuming:
                     move(run, step_id, "waited", step["next"])
@@ -448,7 +456,10 @@ def _run_version(
                 stats[(version.pk, step_id, "exited")] += len(group)
     for run in runs:
         if run.running:  # a graph longer than it should be: never leave a row due forever
+            # It came to this step in the last round, not counted there yet.
             _finish(run, EStatus.FAILED, now, reason="ran more steps than the journey has")
+            stats[(version.pk, run.row.step, "entered")] += 1
+            stats[(version.pk, run.row.step, "failed")] += 1
 
 
 def _move_to_push(step_id: str, group: list[_Run]) -> None:
