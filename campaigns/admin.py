@@ -67,6 +67,7 @@ from config import digits
 from config.labels import numbered
 from config.zones import zone as schedule_zone
 from config.zones import zoned, zoned_column
+from delivery.admin.contents import test_send_reach
 from delivery.conversion_form import CONVERSION_FIELDS, ConversionFormMixin, conversion_goal_text, conversion_help
 from delivery.reports import report_charts_html, rows_deleted_html
 
@@ -829,19 +830,21 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         return super().message_user(request, message, level, *args, **kwargs)
 
     lifecycle_button_name = "campaign_action"
-    lifecycle_asked_again = ("stop",)
-    lifecycle_once = "test_send"  # a double click on Test send sends once
+    # Test send asks first, as the push content list's Send a test does, naming the phones it reaches;
+    # a double click on its Yes sends once.
+    lifecycle_asked_again = ("stop", "test_send")
+    lifecycle_once = "test_send"
 
     def lifecycle_sent_again(self, request, use):
-        """Test send pressed again on the same page (a double click): nothing sent again, the dispatch it
-        started linked (the first variant's, with variants); the page drawn again sends anew."""
+        """Test send's Yes posted again (a double click): nothing sent again, the dispatch it started
+        linked (the first variant's, with variants); Test send pressed again asks anew, and sends anew."""
         from delivery.models import Dispatch
 
         first = Dispatch.objects.filter(pk=use.result_id).first()
         started = linked_if_visible(request, first) if first is not None else "its dispatch is deleted"
         return format_html(
-            "This test send was started already, on {} UTC: {}. Nothing was sent again; reload the page "
-            "to send another test.",
+            "This test send was started already, on {} UTC: {}. Nothing was sent again; press Test send "
+            "again to send another test.",
             f"{use.used_at:%Y-%m-%d %H:%M}",
             started,
         )
@@ -850,6 +853,14 @@ class CampaignAdmin(winner_admin.WinnerAdminMixin, LifecycleAdminMixin, ObjectAc
         return campaign_actions(user, obj, answers=answers, approval_of=self.approval_of)
 
     def lifecycle_consequences(self, obj, action):
+        if action == "test_send":
+            variants = len(obj.variant_list())
+            each = f" as one test send per variant ({variants}): each phone gets each" if variants else ""
+            return [
+                f"It is sent as it is now, approved or not, to its app's test devices alone{each}; the message "
+                "on its page then links each test send, to follow what each device got.",
+                test_send_reach([obj.app_id]),
+            ]
         lines = []
         if obj.kind == Campaign.Kind.API_TRIGGERED:
             lines.append("Its trigger API refuses every call from now on.")

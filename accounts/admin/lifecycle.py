@@ -41,9 +41,11 @@ class LifecycleAdminMixin:
     lifecycle_undoable: tuple[str, ...] = ()
     # The action that acts once per page drawn (a test send: a double click must not send twice): the
     # page carries a one-time token (``accounts.form_tokens``) for its user, the action and the object,
-    # used in the transaction of what it does. Its handler returns ``(message, url, result_id)``; a
-    # press with a used token is answered by ``lifecycle_sent_again``, one without a token of its own
-    # is refused, saying why, and the page drawn again gives a new one.
+    # used in the transaction of what it does; when the action is also asked again, the question
+    # carries it instead, as a list action's (``asks_again(once=...)``), and each question drawn acts
+    # once. Its handler returns ``(message, url, result_id)``; a press with a used token is answered
+    # by ``lifecycle_sent_again``, one without a token of its own is refused, saying why, and the page
+    # (or question) drawn again gives a new one.
     lifecycle_once: str = ""
 
     def _changeform_view(self, request, object_id, form_url, extra_context):
@@ -160,7 +162,9 @@ class LifecycleAdminMixin:
                 'placeholder="What changed, why, anything to check"></textarea><br>',
                 APPROVAL_MESSAGE_MAX,
             )
-        if any(name == self.lifecycle_once for name, _ in actions):
+        if self.lifecycle_once not in self.lifecycle_asked_again and any(
+            name == self.lifecycle_once for name, _ in actions
+        ):
             token = form_token_issue(user=request.user, purpose=self._once_purpose(), subject=str(obj.pk))
             note += format_html('<input type="hidden" name="{}" value="{}">', FORM_TOKEN_FIELD, token)
         return note + format_html_join(
@@ -284,6 +288,11 @@ class LifecycleAdminMixin:
             "action_url": request.get_full_path(),
             "back_url": back_url,
         }
+        if action == self.lifecycle_once:
+            context["form_token_field"] = FORM_TOKEN_FIELD
+            context["form_token"] = form_token_issue(
+                user=request.user, purpose=self._once_purpose(), subject=str(obj.pk)
+            )
         return TemplateResponse(request, "admin/lifecycle_confirm.html", context)
 
 

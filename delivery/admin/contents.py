@@ -210,6 +210,22 @@ def _said_on(field: str | None, path: str, message: str) -> str:
     return f"{capfirst(_field_in_words(path))}: {message}"
 
 
+def test_send_reach(app_ids: list[int]) -> str:
+    """How many phones test sends of contents of ``app_ids`` (an app once per content) reach, as the
+    question asking for them says it: each content's app's active test devices, counted now (one QA
+    phone and a thousand phones read alike). The campaign page's Test send says it too."""
+    per_app = dict(
+        Device.objects.filter(app_id__in=set(app_ids), is_test=True, active=True)
+        .values("app_id")
+        .annotate(n=Count("pk"))
+        .values_list("app_id", "n")
+    )
+    phones = sum(per_app.get(app_id, 0) for app_id in app_ids)
+    if len(app_ids) == 1:
+        return f"It reaches {phones} phone{pluralize(phones)}: the active test devices of its app."
+    return f"They reach {phones} phone{pluralize(phones)} in all: each its app's active test devices."
+
+
 @admin.register(PushContent)
 class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
     list_display = ("name", "app_shown", "title", "silent", "version", "updated_at")
@@ -525,25 +541,11 @@ class PushContentAdmin(ObjectAccessAdminMixin, ScopedAdmin):
             _current.request = None
 
     def test_send_reach(self, request, queryset) -> list[str]:
-        """What Send a test says it does: to whom, and how many phones it reaches (each content's
-        app's active test devices, counted now: one QA phone and a thousand phones read alike)."""
-        apps = list(queryset.values_list("app_id", flat=True))
-        per_app = dict(
-            Device.objects.filter(app_id__in=set(apps), is_test=True, active=True)
-            .values("app_id")
-            .annotate(n=Count("pk"))
-            .values_list("app_id", "n")
-        )
-        phones = sum(per_app.get(app_id, 0) for app_id in apps)
-        reach = (
-            f"It reaches {phones} phone{pluralize(phones)}: the active test devices of its app."
-            if len(apps) == 1
-            else f"They reach {phones} phone{pluralize(phones)} in all: each its app's active test devices."
-        )
+        """What Send a test says it does: to whom, and how many phones it reaches (``test_send_reach``)."""
         return [
             "Each is sent as it is now, approved or not, to its app's test devices alone; the next page links "
             "each test send, to follow what each device got.",
-            reach,
+            test_send_reach(list(queryset.values_list("app_id", flat=True))),
         ]
 
     @admin.action(description="Send a test to the app's test devices", permissions=["test_send"])
