@@ -526,6 +526,38 @@ def test_a_stream_opened_by_a_direct_call_with_another_context_is_refused_and_tr
     assert received["title"] == "Order shipped"
 
 
+def test_a_row_appended_by_a_direct_call_with_a_context_naming_the_campaign_shows_the_approved_name(
+    pushsim_app, manager_alice, approver_bob, trigger_client, zoe, pushsim, django_capture_on_commit_callbacks
+):
+    """A call may not name ``context.campaign`` (the API refuses it); a row a direct service call
+    appends to the stream with one of its own shows the phone the approved name all the same: the
+    stream's context, which its gate holds to the approved version's, is laid over the row's, whose
+    other values the content still reads."""
+    from campaigns.services.triggers import _approved_for, _recipient_source_lock
+    from delivery.services.stream_senders import streams_wake
+    from delivery.services.streams import Recipient, stream_append
+    from tests.campaigns.conftest import _live_trigger
+
+    campaign = _live_trigger(
+        pushsim_app, manager_alice, approver_bob, title="{{ context.campaign.name }}", body="{{ context.order }}"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        body = {"recipients": [{"external_id": "zoe"}], "context": {"order": "A-1"}}
+        stream = trigger_client.post(_url(campaign), body, format="json").json()["dispatch"]
+    entry = _approved_for(campaign.pk, stamp=None, by=manager_alice, now=timezone.now())
+    forged = {"campaign": {"id": campaign.pk, "name": "Everything free, today only"}, "order": "A-2"}
+    stream_append(
+        dispatch_id=stream,
+        kind=Dispatch.Kind.API_TRIGGER,
+        app_id=campaign.app_id,
+        recipients=[Recipient(zoe.pk, context=forged)],
+        source_lock=_recipient_source_lock(entry),
+    )
+    streams_wake(stream)
+    received = pushsim.state.recent(token=zoe.devices.get().token)
+    assert sorted((r["title"], r["body"]) for r in received) == [("Order shipped", "A-1"), ("Order shipped", "A-2")]
+
+
 @pytest.mark.parametrize("revised", ["kind", "app"])
 def test_a_revision_moving_the_campaigns_kind_or_app_leaves_the_approved_version_triggerable(
     live_trigger, trigger_client, zoe, pushsim_app, manager_alice, revised
