@@ -231,3 +231,26 @@ def test_a_dispatchs_answer_names_the_zone_its_now_renders_in(api_key_for, manag
     assert client.get(f"/api/v1/dispatches/{older.pk}/").json()["time_zone"] == "UTC"
     listed = {d["id"]: d["time_zone"] for d in client.get("/api/v1/dispatches/").json()["results"]}
     assert listed == {paris.pk: "Europe/Paris", older.pk: "UTC"}
+
+
+def test_a_dispatch_says_the_campaign_that_sent_it(api_key_for, manager_alice, app):
+    """The admin's Sent by (the campaign or the journey that sent a send) was not in the API."""
+    from campaigns.services.lifecycle import campaign_create
+    from tests.factories import SegmentFactory
+
+    campaign = campaign_create(
+        by=manager_alice,
+        name="Order shipped",
+        app=app,
+        kind="api_triggered",
+        segment=SegmentFactory(),
+        content=PushContentFactory(app=app),
+    )
+    sent = make_dispatch(app, [("accepted", "")])
+    Dispatch.objects.filter(pk=sent.pk).update(source_id=campaign.pk)
+    unsourced = make_dispatch(app, [("accepted", "")])
+    client = api_key_for(manager_alice, scopes=["read"])
+    expected = {"kind": "campaign", "campaign_id": campaign.pk, "journey_id": None, "journey_version": None}
+    assert client.get(f"/api/v1/dispatches/{sent.pk}/").json()["sent_by"] == {**expected, "name": "Order shipped"}
+    listed = {d["id"]: d["sent_by"] for d in client.get("/api/v1/dispatches/").json()["results"]}
+    assert listed == {sent.pk: {**expected, "name": "Order shipped"}, unsourced.pk: None}

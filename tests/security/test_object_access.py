@@ -436,6 +436,20 @@ def test_the_api_names_no_campaign_a_send_s_reader_may_not_see(moved_campaign_se
     assert [row["label"] for row in listed.json()["results"]] == [f"Dispatch #{moved_campaign_send.pk}"]
 
 
+def test_the_api_says_what_sent_a_send_naming_no_campaign_its_reader_may_not_see(
+    moved_campaign_send, manager_alice, manager_mallory, api_key_for
+):
+    """Its Sent by, as the send's page says it: the campaign a test send tested, by its number alone
+    to a reader who may not see it (alice), by its name to its owner (mallory)."""
+    access_grant(obj=moved_campaign_send.app, to=manager_alice, by=None)
+    campaign_id = moved_campaign_send.context["campaign"]["id"]
+    withheld = {"kind": "test", "campaign_id": campaign_id, "journey_id": None, "journey_version": None, "name": None}
+    for reader, expected in ((manager_alice, withheld), (manager_mallory, {**withheld, "name": "Merger announcement"})):
+        client = api_key_for(reader, scopes=["read"])
+        assert client.get(f"/api/v1/dispatches/{moved_campaign_send.pk}/").json()["sent_by"] == expected
+        assert [row["sent_by"] for row in client.get("/api/v1/dispatches/").json()["results"]] == [expected]
+
+
 @pytest.mark.parametrize(
     "lookup", ["label__icontains", "label__startswith", "context__campaign__name__icontains", "context__icontains"]
 )
