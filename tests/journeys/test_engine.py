@@ -1920,6 +1920,7 @@ def test_a_profile_at_a_step_its_version_does_not_have_fails_counted_there(make_
     journeys_run_due()
     ended = _enrollment(journey, lost)
     assert (ended.status, ended.exit_reason) == ("failed", "step 'gone' is not in version 1")
+    assert [(at, outcome) for at, _, outcome in ended.history] == [("gone", "failed")]  # as its counters say
     assert _enrollment(journey, kept).status == "completed"
     assert _steps_not_adding_up(journey.live_version) == {}
     counted = journey.live_version.stats.filter(step="gone").values_list("metric", "count")
@@ -1946,6 +1947,7 @@ def test_a_profile_running_more_steps_than_its_version_has_fails_counted_where_i
     journeys_run_due()
     ended = _enrollment(journey, profile)
     assert (ended.status, ended.exit_reason) == ("failed", "ran more steps than the journey has")
+    assert ended.history[-1][0] == ended.step and ended.history[-1][2] == "failed"  # as its counters say
     version = JourneyVersion.objects.get(pk=journey.live_version_id)
     assert _steps_not_adding_up(version) == {}
     assert sum(counts["failed"] for counts in version_step_stats(version).values()) == 1
