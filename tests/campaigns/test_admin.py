@@ -1332,11 +1332,11 @@ def test_the_report_its_csv_and_the_sends_read_in_the_approved_zone_while_a_revi
 
 def test_a_viewer_is_led_to_no_page_they_cannot_open_from_a_campaign(client, make_campaign, segment, viewer_carol):
     """The campaign's segment is neither named nor linked for a reader outside the segment's access:
-    "segment #12", in its field and in the audience's size."""
+    "segment #12", in its field and where the audience's size is withheld."""
     campaign = make_campaign()
     client.force_login(viewer_carol)
     page = client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
-    assert "Everyone" not in page and f"segment #{segment.pk}: size not counted yet" in page
+    assert "Everyone" not in page and f"size not shown: segment #{segment.pk} is outside your access" in page
     assert f"/admin/audiences/segment/{segment.pk}/change/" not in page
     links = set(re.findall(r'href="(/admin/[^"#?]*)', page))
     assert links and {link for link in links if client.get(link).status_code == 404} == set()
