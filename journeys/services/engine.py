@@ -352,6 +352,8 @@ def _run_version(
                 stats[(version.pk, step_id, "entered")] += len(arriving)
             if step is None:  # counted there all the same, so that each profile that ends is counted
                 for run in group:
+                    run.history.append([step_id, stamp, "failed"])
+                    report.transitions += 1
                     _finish(run, EStatus.FAILED, now, reason=f"step '{step_id}' is not in version {version.number}")
                 stats[(version.pk, step_id, "failed")] += len(group)
                 continue
@@ -457,6 +459,8 @@ def _run_version(
     for run in runs:
         if run.running:  # a graph longer than it should be: never leave a row due forever
             # It came to this step in the last round, not counted there yet.
+            run.history.append([run.row.step, stamp, "failed"])
+            report.transitions += 1
             _finish(run, EStatus.FAILED, now, reason="ran more steps than the journey has")
             stats[(version.pk, run.row.step, "entered")] += 1
             stats[(version.pk, run.row.step, "failed")] += 1
