@@ -63,3 +63,15 @@ def test_a_long_line_of_any_box_is_cut_with_an_ellipsis_and_said_whole_in_its_to
     assert "<title>Profiles who read our newsletter twice this month</title>" in line
     push = {"id": "p", "type": "push", "content": 7}
     assert _description(push, {("content", 7): "Hello"}) == '<text x="8" y="34" class="description">Hello</text>'
+
+
+def test_a_wait_or_split_box_says_how_many_of_its_profiles_failed_there():
+    """A wait or a split whose profiles failed there (a graph that loops, saved past the checks: the
+    engine gives them up where they came last) said entered and waiting, and nothing of those ended:
+    its figures did not add up."""
+    from journeys.diagram import _counters
+
+    for kind in ("wait", "split"):
+        _, notes = _counters(kind, {"entered": 3, "waiting": 1, "failed": 2})
+        assert notes.startswith("failed 2 (see its enrollments)"), kind
+    assert "failed" not in _counters("wait", {"entered": 3, "waiting": 3})[1]
