@@ -197,7 +197,8 @@ class Device(models.Model):
 
 
 class DeviceTombstone(models.Model):
-    """A deleted device that a winner-mode sample reached, known by its token's digest.
+    """A deleted device that a winner-mode sample reached, known by its token's digest, or that
+    had rows not final yet, known by its platform.
 
     A device's row goes (deleted in the admin, with its profile, by any bulk deletion) and the app
     may register the same token again: a new device, with a new id, that the sample's rows do not
@@ -211,6 +212,13 @@ class DeviceTombstone(models.Model):
     SHA-256 is kept (hexadecimal, of the token as the device kept it: an APNs token in lowercase):
     after a profile's erasure nothing here says which phone it was. Retention deletes the rows no
     winner test still waiting to send its rest could need (``device_tombstones_delete``).
+
+    The same trigger keeps the ``platform`` of a deleted device that had rows not final yet in a
+    dispatch still running (queued, or held by a worker): those rows were counted as targeted
+    under it, and their outcomes, which come after the device is gone, are counted under it too
+    (``delivery.services.rollups``), so that no platform keeps a row pending for ever. Retention
+    keeps such a row while a running dispatch has rows of its device not final yet
+    (``device_tombstones_delete``).
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -220,6 +228,12 @@ class DeviceTombstone(models.Model):
     successor_id = models.BigIntegerField(
         null=True, blank=True, help_text="The device that registered the same token since, if any."
     )
+    platform = models.CharField(
+        max_length=8,
+        blank=True,
+        default="",
+        help_text="Its platform, kept when it had rows not final yet: their outcomes count under it.",
+    )
     deleted_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -227,6 +241,8 @@ class DeviceTombstone(models.Model):
             # A registration's lookup of its token (the insert trigger).
             models.Index(fields=["app", "token_digest"], name="device_tombstone_token_idx"),
             models.Index(fields=["deleted_at"], name="device_tombstone_deleted_idx"),
+            # The platform of a row's deleted device, when its outcome is counted.
+            models.Index(fields=["device_id"], name="device_tombstone_device_idx"),
         ]
 
     def __str__(self) -> str:

@@ -406,8 +406,8 @@ def retention_apply(
     kept to ``save_limit`` by the queue itself).
     Idempotency-Key records of trigger and events calls: those claimed more than ``idempotency_days``
     ago, never one still in progress (``idempotent_requests_delete``).
-    Deleted devices' tombstones: those no winner test still waiting to send its rest can need
-    (``device_tombstones_delete``); no setting, they go as soon as their tests are done.
+    Deleted devices' tombstones: those no winner test still waiting to send its rest and no running
+    dispatch can need (``device_tombstones_delete``); no setting, they go as soon as those are done.
     The admin forms' used one-time tokens: those past the age at which a form is refused anyway
     (``form_tokens_delete``); no setting either.
     Audit events: those older than ``audit_days`` (never under 365: the database refuses), through

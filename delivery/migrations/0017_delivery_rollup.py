@@ -6,9 +6,10 @@ from django.db import migrations, models
 
 def backfill(apps, schema_editor):
     """Every existing dispatch's rollup, counted from its rows in one grouped pass."""
-    from delivery.services.rollups import rollup_rebuild
+    from delivery.services.rollups import DEVICE_PLATFORM, rollup_rebuild
 
-    rollup_rebuild()
+    # Each row under its device's platform: the deleted devices' tombstones came later (0040).
+    rollup_rebuild(platform=DEVICE_PLATFORM)
 
 
 class Migration(migrations.Migration):

@@ -22,11 +22,12 @@ from django.db.models import F
 
 from accounts.json_values import json_compact
 from audiences.models import Profile
-from delivery.models import Delivery, Device, Dispatch
+from delivery.models import Delivery, Device, DeviceTombstone, Dispatch
 from delivery.rules import QuietAtClaim
 from delivery.services.dispatches import DS, NO_PLATFORM, _dt, dispatch_accepted_late, platform_counts_add
 from delivery.services.rollups import (
     FINAL,
+    gone_platform_sql,
     late_platform_sql,
     rollup_add_finished,
     rollup_insert_sql,
@@ -210,27 +211,43 @@ def deliveries_claim(
             )
         }
         profiles = _profiles_for(rows) if with_profiles else {}
+        gone = _gone_platforms([r.device_id for r in rows if r.device_id and r.device_id not in devices])
         for row in rows:
             device = devices.get(row.device_id)
             if device is not None:
                 row.token, row.platform, active, owner, push_enabled = device
                 row.skip = unsendable_reason(row, active=active, owner=owner, push_enabled=push_enabled)
+            else:
+                row.platform = gone.get(row.device_id, "")
             row.profile = profiles.get(row.profile_id)
         if quiet is not None:
             _quiet_judge(rows, quiet, now=now)
     return rows
 
 
+def _gone_platforms(device_ids: list[int]) -> dict[int, str]:
+    """The platforms the tombstones of these deleted devices keep (``gone_platform_sql``), by device."""
+    if not device_ids:
+        return {}
+    return dict(
+        DeviceTombstone.objects.filter(device_id__in=device_ids)
+        .exclude(platform="")
+        .values_list("device_id", "platform")
+    )
+
+
 def _claimed_select(skip: str, *, held: bool = False, with_profiles: bool) -> str:
     """The claim statements' last SELECT (``deliveries_claim``), over their ``claimed`` rows: each
-    with its device's token and platform, ``skip`` (why it is not sent, "" to send), then with
-    ``held`` whether quiet hours held it (the quiet-hours claim's ``c.hold``) and with
-    ``with_profiles`` its profile's columns. A shape's text is the same at every call: the
+    with its device's token and platform (a deleted device's as its tombstone keeps it: the one
+    the row was targeted on and its outcome counts under, though it has no token to send to),
+    ``skip`` (why it is not sent, "" to send), then with ``held`` whether quiet hours held it (the
+    quiet-hours claim's ``c.hold``) and with ``with_profiles`` its profile's columns. A shape's text is the same at every call: the
     connection keeps the statement's plan by its text."""
     profile_columns = ", p.external_id, p.locale, p.timezone, p.attributes" if with_profiles else ""
     profile_join = " LEFT JOIN audiences_profile p ON p.id = c.profile_id" if with_profiles else ""
     return (
-        "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, dev.platform, c.expires_at, c.context, "  # noqa: S608 (constants)
+        "SELECT c.id, c.device_id, c.profile_id, c.attempts, dev.token, "  # noqa: S608 (constants)
+        f"COALESCE(dev.platform, {gone_platform_sql('c.device_id')}), c.expires_at, c.context, "
         f"c.variant, {skip}{', c.hold' if held else ''}{profile_columns} "
         f"FROM claimed c LEFT JOIN delivery_device dev ON dev.id = c.device_id{profile_join}"
     )

@@ -7,14 +7,14 @@ from datetime import datetime
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.selectors import in_scope
 from accounts.services import audit
 from audiences.models import Profile
-from delivery.models import App, Device, DeviceTombstone, Platform
+from delivery.models import App, Delivery, Device, DeviceTombstone, Dispatch, Platform
 
 # \Z, not $: $ also matches before a final line end, and a token ending in one was taken.
 _APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64,200}\Z")
@@ -281,16 +281,49 @@ def devices_test_flag_set(*, device_ids: list[int], is_test: bool, by: User) -> 
     return len(changed)
 
 
-def device_tombstones_delete(*, needed_since: datetime | None) -> int:
-    """Delete the tombstones of deleted devices (``DeviceTombstone``) that no winner test can need;
-    return how many went.
+# Who may see a device's push token in full: whoever administers apps and their credentials (the
+# Administrators). The token, with the app's key, pushes to the phone: every other page shortens it.
+SEE_DEVICE_TOKEN = "delivery.change_app"  # noqa: S105 (a permission, not a secret)
 
-    A tombstone matters only to a sample that reached its device before it was deleted, until that
+
+def device_token_show(*, device_id: int, by: User) -> str:
+    """Return a device's push token in full, for a user who asked to see it, and audit that they did.
+
+    Raises PermissionDenied unless ``by`` may see tokens (``SEE_DEVICE_TOKEN``), Device.DoesNotExist
+    when the device is not of an app in their scope. The audit event names the device, never its token.
+    """
+    if not by.has_perm(SEE_DEVICE_TOKEN):
+        raise PermissionDenied("Only an Administrator may see a device's push token in full.")
+    device = Device.objects.select_related("app").get(
+        pk=device_id, app__in=in_scope(by, App.objects.all()).values("pk")
+    )
+    audit(actor=by, action="device_token_shown", obj=device, summary={"app": device.app.name})
+    return device.token
+
+
+def device_tombstones_delete(*, needed_since: datetime | None) -> int:
+    """Delete the tombstones of deleted devices (``DeviceTombstone``) that no winner test and no
+    running dispatch can need; return how many went.
+
+    A tombstone matters to a sample that reached its device before it was deleted, until that
     sample's rest is resolved: ``needed_since`` is when the oldest sample still waiting for its rest
     was made (None: there is none), and every tombstone of a device deleted before it goes. One
-    statement through the deletion time's index: the table holds only the deletions since then.
+    keeping a platform matters too while a running dispatch has rows of its device not final yet:
+    their outcomes count under it (the rows are read through the indexes that lead with the
+    dispatch, for the few tombstones that keep one). One statement through the deletion time's
+    index: the table holds only the deletions since then.
     """
     gone = DeviceTombstone.objects.all()
     if needed_since is not None:
         gone = gone.filter(deleted_at__lt=needed_since)
+    running = list(
+        Dispatch.objects.filter(finished_at__isnull=True, status__in=Dispatch.RUNNING_STATUSES).values_list(
+            "pk", flat=True
+        )
+    )
+    if running:
+        pending = Delivery.objects.filter(
+            Delivery.of_dispatches(running), device_id=OuterRef("device_id"), finished_at__isnull=True
+        )
+        gone = gone.filter(Q(platform="") | ~Exists(pending))
     return gone.delete()[0]

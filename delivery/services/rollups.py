@@ -12,8 +12,10 @@ Each function adds to the rollup what one change to some deliveries did, grouped
 - ``rollup_rebuild``: a dispatch's rollup counted again from its rows (the migration's backfill).
 
 A row counts under the platform of its device at the time (``none`` without one) and its variant
-(-1 without). Reads: ``delivery.reports``. Retention deleting a dispatch's old rows leaves its
-rollup: what they were is what its reports go on showing.
+(-1 without). A row whose device was deleted before its outcome came counts under the platform
+its device's tombstone keeps (``DeviceTombstone``), the one it was targeted on. Reads:
+``delivery.reports``. Retention deleting a dispatch's old rows leaves its rollup: what they were
+is what its reports go on showing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from config.db import int_array
-from delivery.models import DeliveryRollup, Dispatch
+from delivery.models import DeliveryRollup, DeviceTombstone, Dispatch
 
 PERIOD_MINUTES = 15
 FINAL = ("accepted", "failed", "skipped", "unknown")
@@ -50,8 +52,22 @@ def _period(column: str) -> str:
     return f"substr({column}, 1, 14) || substr('0' || ({minute}), -2) || ':00'"
 
 
-# The platform a row counts under: its device's (``none`` once the device is gone).
-_PLATFORM = "COALESCE(dev.platform, 'none')"
+def gone_platform_sql(device: str) -> str:
+    """SQL for the platform a deleted device (its id: ``device``, SQL) had when rows of it were
+    not final yet, as its tombstone keeps it (``DeviceTombstone``); NULL when none does. Read
+    through the tombstones' device index, in a COALESCE after the device's own platform: only for
+    a row whose device is gone."""
+    return (
+        f"(SELECT t.platform FROM {DeviceTombstone._meta.db_table} t "  # noqa: S608 (constants)
+        f"WHERE t.device_id = {device} AND t.platform <> '' LIMIT 1)"
+    )
+
+
+# The platform a row counts under: its device's, or, the device deleted while the row was not
+# final, the one its tombstone keeps (``none`` without a device).
+_PLATFORM = f"COALESCE(dev.platform, {gone_platform_sql('d.device_id')}, 'none')"
+# Its device's alone: for a schema without the tombstones' platform (a migration before 0040's).
+DEVICE_PLATFORM = "COALESCE(dev.platform, 'none')"
 
 
 def _part(
@@ -120,9 +136,10 @@ def _add(
 
 def late_platform_sql(gone_as: str) -> str:
     """The platform a late answer's row counts under (SQL, over ``dev`` and ``d``): its device's, or,
-    the device deleted since the watchdog counted the row ``unknown`` under it, ``gone_as`` (SQL:
-    the platform its claim read)."""
-    return f"COALESCE(dev.platform, {gone_as}, 'none')"
+    the device deleted while the row was in flight, the one its tombstone keeps (the watchdog
+    counted it ``unknown`` there), or, the device deleted since the watchdog counted the row under
+    it, ``gone_as`` (SQL: the platform its claim read)."""
+    return f"COALESCE(dev.platform, {gone_platform_sql('d.device_id')}, {gone_as}, 'none')"
 
 
 def _platform_literal(platform: str) -> str:
@@ -241,14 +258,15 @@ def rollup_add_opened(*, ids: list[int]) -> None:
         _add(where=where, params=params, outcomes=("opened",))
 
 
-def rollup_rebuild(*, dispatch_ids: Iterable[int] | None = None) -> None:
+def rollup_rebuild(*, dispatch_ids: Iterable[int] | None = None, platform: str = _PLATFORM) -> None:
     """Count these dispatches' rollups again from their rows (a repair; a dispatch whose rows
     retention deleted is left as it is), or every dispatch's (``None``: the migration's backfill,
-    one grouped pass over the deliveries, before retention kept any rollup)."""
+    one grouped pass over the deliveries, before retention kept any rollup). ``platform`` (SQL):
+    what a row counts under (``DEVICE_PLATFORM`` for that migration, before tombstones kept one)."""
     if dispatch_ids is None:
         with connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {_TABLE}")  # noqa: S608 (the model's table)
-        _add(where="true", params=[], outcomes=("targeted", "final", "opened"))
+        _add(where="true", params=[], outcomes=("targeted", "final", "opened"), platform=platform)
         return
     dispatch_ids = list(dispatch_ids)
     # A dispatch whose rows retention deleted keeps its rollup: its rows no longer say what it did.
@@ -259,4 +277,9 @@ def rollup_rebuild(*, dispatch_ids: Iterable[int] | None = None) -> None:
         if dispatch_id in cleared:
             continue
         DeliveryRollup.objects.filter(dispatch_id=dispatch_id).delete()
-        _add(where="d.dispatch_id = %s", params=[dispatch_id], outcomes=("targeted", "final", "opened"))
+        _add(
+            where="d.dispatch_id = %s",
+            params=[dispatch_id],
+            outcomes=("targeted", "final", "opened"),
+            platform=platform,
+        )

@@ -601,3 +601,37 @@ def test_a_deletion_after_the_rest_was_resolved_leaves_no_tombstone(app):
     gone.delete()
 
     assert list(DeviceTombstone.objects.values_list("device_id", flat=True)) == [kept]
+
+
+@pytest.mark.embedded
+def test_a_device_deleted_with_rows_of_a_running_send_not_final_leaves_its_platform_while_the_send_runs(app):
+    """Rows not final yet (queued, held by a worker, a stream's) were counted as targeted under their
+    phone's platform: deleting the phone leaves a tombstone keeping it, for their outcomes, which
+    come once it is gone, to be counted there too. A phone whose rows are all final leaves none.
+    Retention keeps such a tombstone while a running dispatch has rows of its device not final yet."""
+    from django.utils import timezone
+
+    from delivery.models import Delivery, DeviceTombstone, Dispatch
+    from delivery.services.devices import device_tombstones_delete
+
+    queued, leased, streamed = DeviceFactory.create_batch(3, app=app, platform="android")
+    answered = DeviceFactory(app=app, platform="ios")
+    running = Dispatch.objects.create(app=app, kind="api_trigger", content_spec={}, status="sending")
+    stream = Dispatch.objects.create(app=app, kind="api_trigger", content_spec={}, status="sending", standing=True)
+    for device, status in ((queued, "queued"), (leased, "sending"), (answered, "accepted")):
+        finished = timezone.now() if status == "accepted" else None
+        Delivery.objects.create(
+            dispatch=running, device=device, profile_id=device.profile_id, status=status, finished_at=finished
+        )
+    Delivery.objects.create(dispatch=stream, device=streamed, profile_id=streamed.profile_id, queued_at=timezone.now())
+
+    Device.objects.filter(pk__in=[queued.pk, leased.pk, streamed.pk, answered.pk]).delete()
+
+    kept = dict(DeviceTombstone.objects.values_list("device_id", "platform"))
+    assert kept == {queued.pk: "android", leased.pk: "android", streamed.pk: "android"}
+    assert device_tombstones_delete(needed_since=None) == 0  # their rows are not final yet
+    Delivery.objects.filter(device_id=queued.pk).update(status="failed", finished_at=timezone.now())
+    assert device_tombstones_delete(needed_since=None) == 1
+    Dispatch.objects.filter(pk=running.pk).update(status="stopped", finished_at=timezone.now())
+    assert device_tombstones_delete(needed_since=None) == 1  # the stream still runs
+    assert list(DeviceTombstone.objects.values_list("device_id", flat=True)) == [streamed.pk]

@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from delivery.models import Delivery, DeliveryRollup, Dispatch
+from delivery.models import Delivery, DeliveryRollup, DeviceTombstone, Dispatch
 from delivery.services.claims import deliveries_claim
 from delivery.services.dispatches import (
     deliveries_expire_leases,
@@ -37,11 +37,14 @@ def _quarter(moment: dt.datetime) -> dt.datetime:
 
 
 def counted(dispatch_ids) -> Counter:
-    """The rollup as a count over the deliveries would make it, row by row in Python."""
+    """The rollup as a count over the deliveries would make it, row by row in Python: each row
+    under its device's platform, or, the device deleted before the row was final, the one its
+    tombstone keeps."""
     made_at = dict(Dispatch.objects.filter(pk__in=dispatch_ids).values_list("pk", "created_at"))
+    gone = dict(DeviceTombstone.objects.exclude(platform="").values_list("device_id", "platform"))
     expected: Counter = Counter()
     for row in Delivery.objects.filter(dispatch_id__in=dispatch_ids).select_related("device"):
-        platform = row.device.platform if row.device else "none"
+        platform = row.device.platform if row.device else gone.get(row.device_id, "none")
         variant = -1 if row.variant is None else row.variant
         key = (row.dispatch_id, platform, variant)
         expected[(*key, _quarter(row.queued_at or made_at[row.dispatch_id]), "targeted", "")] += 1
@@ -334,6 +337,7 @@ def test_a_phone_deleted_while_its_row_is_leased_is_counted_under_the_platform_i
     assert (dispatch.accepted, dispatch.unknown, dispatch.by_platform) == (2, 0, said)
     assert dispatch_recount(dispatch_id=dispatch.pk).by_platform == said
     assert pending_by_platform(dispatch) == {"android": 0, "ios": 0}
+    assert_rollup_is_the_count(dispatch)
 
 
 def test_a_phone_deleted_before_its_row_is_claimed_fails_under_the_platform_it_was_targeted_on(
@@ -355,6 +359,7 @@ def test_a_phone_deleted_before_its_row_is_claimed_fails_under_the_platform_it_w
     dispatch.refresh_from_db()
     assert dispatch.status == "done"
     assert dispatch.by_platform == {"ios": {"failed": 1}, "android": {"accepted": 1}}
+    assert_rollup_is_the_count(dispatch)
 
 
 def test_the_watchdog_given_a_time_finishes_the_rows_it_ends_then(
