@@ -1,11 +1,13 @@
 """The admin of devices: a big table, with the test flag."""
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import Http404
 from django.template.defaultfilters import pluralize
-from django.urls import reverse
-from django.utils.html import format_html_join
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
 from accounts.admin.bases import BigTableAdmin, drawn_for, page_request
 from audiences.admin.profiles import external_id_terms
@@ -20,7 +22,20 @@ from delivery.selectors import (
     dispatch_named,
     with_source_seen,
 )
-from delivery.services.devices import MARK_TEST_DEVICE, device_token_normal, devices_test_flag_set
+from delivery.services.devices import (
+    MARK_TEST_DEVICE,
+    SEE_DEVICE_TOKEN,
+    device_token_normal,
+    device_token_show,
+    devices_test_flag_set,
+)
+
+
+def token_shortened(token: str) -> str:
+    """A push token as pages show it: its first and last few characters, enough to tell two phones
+    apart and to match a provider's log, never the whole (with the app's key, it pushes to the phone)."""
+    keep = min(6, len(token) // 4)
+    return f"{token[:keep]}…{token[-keep:]}" if keep else "…"
 
 
 @admin.register(Device)
@@ -50,7 +65,7 @@ class DeviceAdmin(BigTableAdmin):
         "profile",
         "app",
         "platform",
-        "token",
+        "token_shown",
         "push_enabled",
         "is_test",
         "active",
@@ -91,6 +106,36 @@ class DeviceAdmin(BigTableAdmin):
             request, lambda: super(DeviceAdmin, self).change_view(request, object_id, form_url, extra_context)
         )
 
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/token/",
+                self.admin_site.admin_view(self.token_view),
+                name=f"{self.opts.app_label}_{self.opts.model_name}_token",
+            ),
+            *super().get_urls(),
+        ]
+
+    def token_view(self, request, object_id):
+        """The device's push token in full, to whoever may see it (``SEE_DEVICE_TOKEN``): asked with
+        a GET, shown (and audited) on the POST of its button."""
+        if not request.user.has_perm(SEE_DEVICE_TOKEN):
+            raise PermissionDenied
+        device = self.get_object(request, object_id)
+        if device is None:
+            raise Http404("No device with this id.")
+        token = device_token_show(device_id=device.pk, by=request.user) if request.method == "POST" else None
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "object": device,
+            "title": f"The push token of {device}",
+            "token": token,
+            "shortened": token_shortened(device.token),
+            "back_url": reverse("admin:delivery_device_change", args=[device.pk]),
+        }
+        return TemplateResponse(request, "admin/delivery/device/token.html", context)
+
     def has_add_permission(self, request):
         return False  # devices come from the mobile app (the API)
 
@@ -99,7 +144,18 @@ class DeviceAdmin(BigTableAdmin):
 
     @admin.display(description="Token")
     def short_token(self, obj):
-        return f"…{obj.token[-12:]}"
+        return token_shortened(obj.token)
+
+    @admin.display(description="Token")
+    def token_shown(self, obj):
+        request = page_request()
+        if request is None or not request.user.has_perm(SEE_DEVICE_TOKEN):
+            return token_shortened(obj.token)
+        return format_html(
+            '{} <a href="{}" id="device-token-ask">Show the full token</a>',
+            token_shortened(obj.token),
+            reverse("admin:delivery_device_token", args=[obj.pk]),
+        )
 
     @admin.display(description="Invalidated reason")
     def invalidated_reason_shown(self, obj):
