@@ -270,7 +270,8 @@ def _title(step: dict) -> str:
 
 def _counters(kind: str, counts: dict) -> tuple[str, str]:
     """A step's live counters (entered, waiting, sent, accepted, exited) and its notes (a push
-    refused at send time, profiles of a batch stopped before it sent, failures, skips by reason,
+    refused at send time, profiles of a batch stopped before it sent, failures (at a wait or a split
+    too, where the engine gives up profiles of a graph that loops), skips by reason,
     rows still to send, exits on the exit event, when the journey stopped or as the profile was deleted).
     A push step's sent are the rows handed to a provider; with those failed before a provider had
     them, the skipped and those still to send they make every row targeted; the profiles it refused
@@ -304,6 +305,8 @@ def _counters(kind: str, counts: dict) -> tuple[str, str]:
             f"refused {counts['failed']:,} (a segment changed since the approval, or its saved rules no longer hold; "
             "see its enrollments)",
         )
+    if kind in ("wait", "split") and counts.get("failed"):  # given up there by the engine (a graph that loops)
+        notes.insert(0, f"failed {counts['failed']:,} (see its enrollments)")
     if kind == "push":
         skipped = counts.get("skipped") or {}
         if counts.get("failed"):  # refused at send time (the gate): those profiles end here, failed
