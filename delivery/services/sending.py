@@ -264,10 +264,12 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
             continue
         expiration, ttl_left = (int(expires.timestamp()), remaining) if ttl else (0, 0)
         try:
+            # A call's row reads its own values under the dispatch's, which its gate held to the
+            # approved sends' (``context.campaign``): a row naming one of them does not reword it.
             message = shared or render(
                 spec,
                 profile=row.profile or {"attributes": {}},
-                context={**(dispatch.context or {}), **row.context}
+                context={**row.context, **(dispatch.context or {})}
                 if row.context
                 else recipient_context(dispatch.context, row.profile_id),
             )
