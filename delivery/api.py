@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.core.exceptions import ObjectDoesNotExist
 from django.http import Http404
 from django.urls import path
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
@@ -144,9 +145,99 @@ class DeviceOutSerializer(AnswerSerializer):
         )
 
 
+class SentBySerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(
+        choices=["campaign", "journey", "test"],
+        help_text="campaign: a campaign's run or its API triggers' stream; journey: a journey's push step; "
+        "test: a test send.",
+    )
+    campaign_id = serializers.IntegerField(
+        allow_null=True, help_text="The campaign that sent it, or the one a test send tested (null: none)."
+    )
+    journey_id = serializers.IntegerField(
+        allow_null=True, help_text="The journey whose version sent it (null to a reader who may not see it)."
+    )
+    journey_version = serializers.IntegerField(
+        allow_null=True, help_text="That version's number (null to a reader who may not see it)."
+    )
+    name = serializers.CharField(
+        allow_null=True,
+        help_text="The campaign's or the journey's name, null to a reader who may not see it (or once it is deleted).",
+    )
+
+
+def dispatches_sent_by(dispatches: list[Dispatch]) -> dict[int, dict | None]:
+    """What sent each of ``dispatches``, as its page's *Sent by* says it: the campaign, the journey
+    version, or the campaign a test send tested (its context names it). Named only to a reader who
+    may see it (``with_source_seen``'s ``source_seen``), by its id alone to the others, as the page
+    says it by number. None for a send whose source is not kept. Two queries at most, whatever the
+    number of dispatches."""
+    campaign_of: dict[int, int | None] = {}
+    version_ids = set()
+    for dispatch in dispatches:
+        campaign_of[dispatch.pk] = _campaign_sent_by(dispatch)
+        if dispatch.kind == Dispatch.Kind.JOURNEY and dispatch.source_id is not None:
+            version_ids.add(dispatch.source_id)
+    seen = [d for d in dispatches if getattr(d, "source_seen", True)]
+    campaign_ids = {campaign_of[d.pk] for d in seen} - {None}
+    names = (
+        dict(apps.get_model("campaigns", "Campaign").objects.filter(pk__in=campaign_ids).values_list("pk", "name"))
+        if campaign_ids
+        else {}
+    )
+    version_ids &= {d.source_id for d in seen}
+    versions = (
+        {
+            row["pk"]: row
+            for row in apps.get_model("journeys", "JourneyVersion")
+            .objects.filter(pk__in=version_ids)
+            .values("pk", "journey_id", "number", "journey__name")
+        }
+        if version_ids
+        else {}
+    )
+    said: dict[int, dict | None] = {}
+    for dispatch in dispatches:
+        shown = getattr(dispatch, "source_seen", True)
+        answer = {"campaign_id": None, "journey_id": None, "journey_version": None, "name": None}
+        if dispatch.kind == Dispatch.Kind.JOURNEY:
+            if dispatch.source_id is None:
+                said[dispatch.pk] = None
+                continue
+            version = versions.get(dispatch.source_id) if shown else None
+            if version is not None:
+                answer.update(
+                    journey_id=version["journey_id"], journey_version=version["number"], name=version["journey__name"]
+                )
+            said[dispatch.pk] = {"kind": "journey", **answer}
+            continue
+        campaign_id = campaign_of[dispatch.pk]
+        if dispatch.kind != Dispatch.Kind.TEST and campaign_id is None:
+            said[dispatch.pk] = None
+            continue
+        answer.update(campaign_id=campaign_id, name=names.get(campaign_id) if shown else None)
+        said[dispatch.pk] = {"kind": "test" if dispatch.kind == Dispatch.Kind.TEST else "campaign", **answer}
+    return said
+
+
+def _campaign_sent_by(dispatch: Dispatch) -> int | None:
+    """The campaign that sent ``dispatch`` (its source), or that its test tested (its context's)."""
+    if dispatch.kind in (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER):
+        return dispatch.source_id
+    if dispatch.kind == Dispatch.Kind.TEST:
+        tested = (dispatch.context or {}).get("campaign")
+        named = tested.get("id") if isinstance(tested, dict) else None
+        return named if isinstance(named, int) and not isinstance(named, bool) else None
+    return None
+
+
 class DispatchOutSerializer(AnswerSerializer):
     percent = serializers.FloatField(read_only=True)
     outcomes = serializers.SerializerMethodField()
+    sent_by = serializers.SerializerMethodField(
+        help_text="What sent it, as its page's Sent by says it: the campaign, the journey version, or the campaign "
+        "a test send tested; named only to a reader who may see it. Null when what sent it is not kept."
+    )
     time_zone = serializers.SerializerMethodField(
         help_text="The IANA zone the send renders its content's now in (its campaign's); "
         "UTC for a send that names none (a journey's, a test's, one made before sends named theirs). "
@@ -172,6 +263,7 @@ class DispatchOutSerializer(AnswerSerializer):
             "percent",
             "outcomes",
             "time_zone",
+            "sent_by",
             "created_at",
             "started_at",
             "finished_at",
@@ -185,6 +277,11 @@ class DispatchOutSerializer(AnswerSerializer):
 
     def get_time_zone(self, obj) -> str:
         return obj.time_zone or "UTC"
+
+    @extend_schema_field(SentBySerializer(allow_null=True))
+    def get_sent_by(self, obj) -> dict | None:
+        said = getattr(obj, "sent_by_said", None)  # a page's, read for all its dispatches at once
+        return said[obj.pk] if said is not None else dispatches_sent_by([obj])[obj.pk]
 
     def get_outcomes(self, obj) -> list[dict]:
         return [
@@ -377,10 +474,15 @@ class DeviceUnregisterView(IngestRateLimited, APIView):
 
 
 class DispatchPageSerializer(serializers.ListSerializer):
-    """A page of dispatches, its open streams' counters summed in one query."""
+    """A page of dispatches, its open streams' counters summed in one query, what sent them read
+    in two at most (``dispatches_sent_by``)."""
 
     def to_representation(self, data):
-        return super().to_representation(dispatches_counted_now(list(data)))
+        rows = dispatches_counted_now(list(data))
+        said = dispatches_sent_by(rows)
+        for row in rows:
+            row.sent_by_said = said
+        return super().to_representation(rows)
 
 
 class DispatchListItemSerializer(DispatchOutSerializer):
