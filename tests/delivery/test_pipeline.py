@@ -1328,3 +1328,31 @@ def test_an_image_over_http_on_this_machine_fails_the_rows_of_an_app_no_longer_s
             == "its image is over http on this machine, which only the push simulator's phones load"
         )
         assert not handed_over(outcome[1])
+
+
+def test_the_watchdog_on_a_machine_whose_clock_runs_ahead_leaves_rows_in_flight_alone(
+    pushsim_app, open_gate, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Leases are stamped by the database's clock, and the watchdog is to judge them by it: the
+    minute's watch (``dispatches_watch``) gave ``deliveries_expire_leases`` its own machine's time
+    instead, so a machine whose clock ran an hour ahead ended ``unknown`` a row a live worker was
+    sending. It judges them by the database's clock; a time given (a test's) is still used."""
+    from delivery.services.dispatches import dispatches_watch
+
+    content = PushContentFactory(app=pushsim_app)
+    profile = ProfileFactory()
+    DeviceFactory(profile=profile, app=pushsim_app, platform="android")
+    with django_capture_on_commit_callbacks(execute=False):
+        dispatch = dispatch_create(
+            app_id=pushsim_app.pk, kind="api_trigger", spec=content.spec(), profile_ids=[profile.pk]
+        )
+        dispatch_prepare(dispatch_id=dispatch.pk)
+    [row] = deliveries_claim(dispatch.pk, limit=1, now=timezone.now())
+
+    ahead = timezone.now() + dt.timedelta(hours=1)
+    with monkeypatch.context() as clock:
+        clock.setattr(timezone, "now", lambda: ahead)  # this machine's clock
+        dispatches_watch()
+    assert Delivery.objects.values_list("status", flat=True).get(pk=row.id) == "sending"
+    dispatches_watch(now=ahead)
+    assert Delivery.objects.values_list("status", "reason").get(pk=row.id) == ("unknown", "lease_expired")
