@@ -96,3 +96,19 @@ def listed_rows(client, path: str, *, sorted_by: str | None = None, query: dict 
         column = list(page.context["cl"].list_display).index(sorted_by)
         page = client.get(path, {**(query or {}), "o": str(column)})
     return list(page.context["cl"].result_list)
+
+
+def review_post_confirmed(client, url: str, data: dict, **kwargs):
+    """POST ``data`` to an approval's review (``url``) and, when it answers with the confirmation an
+    approval starting a send at once asks for, press its Yes: its form posted back as a browser
+    would. The answer of the last POST."""
+    answer = client.post(url, data, **kwargs)
+    html = answer.content.decode()
+    if answer.status_code != 200 or 'id="send-confirmation"' not in html:
+        return answer
+    form = html[html.index('id="send-confirmation"') : html.index("</form>", html.index('id="send-confirmation"'))]
+    fields = {
+        name: values if len(values) > 1 else values[0] for name, values in page_form(f"<form {form}").data.items()
+    }
+    fields.pop("csrfmiddlewaretoken", None)
+    return client.post(url, {**fields, "_send_confirmed": "Yes, approve and send now"}, **kwargs)

@@ -73,6 +73,11 @@ def test_manager_builds_and_approver_approves_a_campaign(
     screenshot("approval-review")
     page.fill("#id_comment", "Looks good")
     page.click("input[name=_approve]")
+    # Sent when approved: asked first, saying to whom it sends now; nothing sent before the Yes.
+    assert "sends now to the phones of about 1 profile" in page.inner_text("#send-starts")
+    assert pushsim.state.count(zoe_ios.token) == 0
+    screenshot("approval-confirm-send")
+    page.click("input[name=_send_confirmed]")
     page.wait_for_selector(".messagelist .success")
 
     campaign.refresh_from_db()

@@ -68,6 +68,7 @@ def test_manager_builds_a_two_variant_campaign_with_a_holdout_and_the_holdout_ge
     assert review.locator(".variant-preview").count() == 2
     assert "SPRING SALE -20%" in review.inner_text() and "20% of the audience get nothing" in review.inner_text()
     page.click("input[name=_approve]")
+    page.click("input[name=_send_confirmed]")  # sent when approved: asked first
     page.wait_for_selector(".messagelist .success")
 
     rows = {d.device_id: d for d in Delivery.objects.filter(dispatch__source_id=campaign.pk)}

@@ -84,6 +84,7 @@ def test_manager_builds_a_winner_mode_campaign_and_the_winner_goes_to_the_rest(
     assert "no winner: the default variant A" in review
     screenshot("campaign-winner-review")
     page.click("input[name=_approve]")
+    page.click("input[name=_send_confirmed]")  # sent when approved: asked first
     page.wait_for_selector(".messagelist .success")
 
     # The approval fired the first send: the sample only.

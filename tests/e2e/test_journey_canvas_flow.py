@@ -139,6 +139,7 @@ def test_the_canvas_draws_splits_opens_steps_and_the_review_shows_the_phones(
             {"x": box["x"], "y": box["y"], "w": box["width"], "h": box["height"]},
         )
     page.click("input[name=_approve]")
+    page.click("input[name=_send_confirmed]")  # its segment enters on approval: asked first
     page.wait_for_selector(".messagelist .success")
 
     # Live, a click on a step opens its enrollments at that step.

@@ -65,6 +65,10 @@ def test_manager_builds_approver_approves_and_the_graph_counts_the_push(
     assert page.locator(".journey-review svg.journey-graph").count() == 1
     screenshot("journey-review")
     page.click("input[name=_approve]")
+    # Its segment enters on approval: asked first, naming it; nothing entered before the Yes.
+    assert "enters everyone in 'Zoé and friends' now" in page.inner_text("#send-starts")
+    assert Journey.objects.get(pk=journey.pk).status == "in_review"
+    page.click("input[name=_send_confirmed]")
     page.wait_for_selector(".messagelist .success")
     assert Journey.objects.get(pk=journey.pk).status == "live"
     assert pushsim.state.count(phone.token) == 1

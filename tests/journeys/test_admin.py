@@ -891,6 +891,7 @@ def test_a_journeys_request_is_decided_on_its_review_page_by_an_approver_and_by_
     login, manager_alice, manager_mallory, approver_bob, viewer_carol, outsider_dave, make_journey, decision
 ):
     from accounts.models import ApprovalRequest
+    from tests.pages import review_post_confirmed
 
     journey = make_journey()
     request = journey_submit(journey_id=journey.pk, by=manager_alice)
@@ -904,7 +905,8 @@ def test_a_journeys_request_is_decided_on_its_review_page_by_an_approver_and_by_
         assert (journey.status, journey.live_version) == ("in_review", None), user
         assert ApprovalRequest.objects.get(pk=request.pk).status == ApprovalRequest.Status.PENDING, user
 
-    answer = login(approver_bob).post(url, form)
+    # Its segment enters on approval: approved through the confirmation's Yes.
+    answer = review_post_confirmed(login(approver_bob), url, form)
 
     assert answer.status_code == 302
     journey.refresh_from_db()

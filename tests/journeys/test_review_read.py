@@ -4,6 +4,7 @@ from accounts.models import ApprovalRequest
 from delivery.services.contents import pushcontent_save
 from journeys.services.lifecycle import journey_submit
 from tests.campaigns.test_review_read import page_fields
+from tests.pages import review_post_confirmed
 
 
 def test_a_journey_approval_applies_to_what_its_review_showed(
@@ -32,6 +33,9 @@ def test_a_journey_approval_applies_to_what_its_review_showed(
     journey.refresh_from_db()
     assert (journey.status, journey.live_version) == ("in_review", None)
     page = client.get(url)
-    assert client.post(url, {**page_fields(page), "_approve": "1", "comment": "fine"}).status_code == 302
+    # Its segment enters on approval: approved through the confirmation's Yes.
+    assert (
+        review_post_confirmed(client, url, {**page_fields(page), "_approve": "1", "comment": "fine"}).status_code == 302
+    )
     journey.refresh_from_db()
     assert journey.status == "live"
