@@ -16,9 +16,11 @@ from django.db import models
 @dataclass(frozen=True)
 class ApprovalSubject:
     review_html: Callable[..., str]  # (subject, *, request, user) -> safe HTML for the review pane
-    # (*, subject_id, by, comment, request_id, read_mark) -> approve and activate; ``read_mark``, when
-    # given, is ``read_mark(subject)`` as the review page was drawn: the service refuses when what it
-    # would freeze is not what that page showed
+    # (*, subject_id, by, comment, request_id, read_mark, send_confirmed) -> approve and activate;
+    # ``read_mark``, when given, is ``read_mark(subject)`` as the review page was drawn: the service
+    # refuses when what it would freeze is not what that page showed; ``send_confirmed`` False (the
+    # review's first press): it raises SendNotConfirmed, approving nothing, when the approval would
+    # start a send at once, and the review asks its approver first (``sends_at_once``)
     approve: Callable[..., object]
     request_changes: Callable[..., object]  # (*, subject_id, by, comment, request_id) -> back to draft
     # (subjects) -> {"app_label.model": {pk, ...}}: what the reviews of these subjects (a list) show,
@@ -39,6 +41,9 @@ class ApprovalSubject:
     # submitted as (its content edited meanwhile, say): the approval would be refused, and the review
     # says so before the approver reads it, offering only to ask for changes; None: never said
     changed_since_submitted: Callable[..., bool] | None = None
+    # (subject, *, user) -> what its approval starts at once, in words for ``user`` (who may decide
+    # it): the review's confirmation says it before its approver confirms; None: said in general
+    sends_at_once: Callable[..., str] | None = None
 
 
 _SUBJECTS: dict[str, ApprovalSubject] = {}

@@ -503,6 +503,12 @@ class ApprovalError(Exception):
     """An approval step that the request's state or the user's standing does not allow."""
 
 
+class SendNotConfirmed(Exception):
+    """An approval that would start a send at once (a campaign sent when approved, a journey whose
+    segment enters now), asked without its approver's confirmation: nothing was approved. The review
+    asks first, and approves once its approver confirms."""
+
+
 def approval_policy_activate(*, policy_id: int, by: User) -> ApprovalPolicy:
     """Activate a policy: from now on it governs new requests it matches (the newest activated wins).
 

@@ -9,7 +9,7 @@ class CampaignsConfig(AppConfig):
         from accounts.approvals import ApprovalSubject, register_approval_subject
         from audiences.services.segments import segment_senders_register
         from campaigns.models import Campaign
-        from campaigns.review import campaign_references, campaign_review_html
+        from campaigns.review import campaign_references, campaign_review_html, campaign_sends_now_text
         from campaigns.selectors import (
             campaign_ids_granted_to,
             campaign_ids_visible_to,
@@ -69,8 +69,15 @@ class CampaignsConfig(AppConfig):
             Campaign,
             ApprovalSubject(
                 review_html=campaign_review_html,
-                approve=lambda *, subject_id, by, comment, request_id=None, read_mark=None: campaign_approve(
-                    campaign_id=subject_id, by=by, comment=comment, request_id=request_id, read_mark=read_mark
+                approve=lambda *, subject_id, by, comment, request_id=None, read_mark=None, send_confirmed=True: (
+                    campaign_approve(
+                        campaign_id=subject_id,
+                        by=by,
+                        comment=comment,
+                        request_id=request_id,
+                        read_mark=read_mark,
+                        send_confirmed=send_confirmed,
+                    )
                 ),
                 read_mark=lambda campaign: campaign.fingerprint(),
                 request_changes=lambda *, subject_id, by, comment, request_id=None: campaign_request_changes(
@@ -80,5 +87,6 @@ class CampaignsConfig(AppConfig):
                 referenced_models=frozenset({"delivery.app", "audiences.segment", "delivery.pushcontent"}),
                 zoned=lambda campaign, value: zoned(value, campaign.time_zone),
                 changed_since_submitted=lambda campaign, request: not campaign.submitted_as(request.fingerprint),
+                sends_at_once=campaign_sends_now_text,
             ),
         )

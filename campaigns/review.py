@@ -1027,6 +1027,28 @@ def campaign_review_html(campaign: Campaign, *, request: ApprovalRequest, user: 
     )
 
 
+def campaign_sends_now_text(campaign: Campaign, *, user: User) -> str:
+    """What approving the campaign starts at once (its send: sent when approved, or already due),
+    for its approver's confirmation: the phones of about how many profiles it sends to now, as the
+    review counts its audience (``_audience_counted``: the profiles opted in, less the holdout; a
+    profile's phones each get it), the segment named as ``user`` may be told it."""
+    names = ReaderNames.of(user, segments={campaign.segment_id})
+    audience, reach = _audience_counted(
+        segment_id=campaign.segment_id,
+        app_id=campaign.app_id,
+        holdout_share=campaign.holdout_share,
+        purpose=campaign.purpose,
+        names=names,
+    )
+    if reach is None:
+        return f"'{campaign.name}' sends now. Its audience: {audience}"
+    profiles = round(reach.opted_in * (100 - campaign.holdout_share) / 100)
+    return (
+        f"'{campaign.name}' sends now to the phones of about {profiles:,} profile{pluralize(profiles)}. "
+        f"Its audience, as the review counts it: {audience}"
+    )
+
+
 def _review_link(what: str, url_name: str, pk: int, named: dict[int, str]) -> tuple[str, str, str]:
     """(what, its page, its name) for an object the reader may see (``named`` holds it); (what, "",
     "#12") for another: no name, no link to a page that answers 404."""

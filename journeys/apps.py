@@ -20,7 +20,7 @@ class JourneysConfig(AppConfig):
         from delivery.services.dispatches import dispatch_gate_register
         from delivery.services.streams import stream_current_check_register, stream_recipients_check_register
         from journeys.models import Enrollment, Journey, JourneyVersion
-        from journeys.review import journey_references, journey_review_html
+        from journeys.review import journey_enters_now_text, journey_references, journey_review_html
         from journeys.selectors import (
             enrollments_in_scope,
             journey_versions_granted_to,
@@ -70,8 +70,15 @@ class JourneysConfig(AppConfig):
             Journey,
             ApprovalSubject(
                 review_html=journey_review_html,
-                approve=lambda *, subject_id, by, comment, request_id=None, read_mark=None: journey_approve(
-                    journey_id=subject_id, by=by, comment=comment, request_id=request_id, read_mark=read_mark
+                approve=lambda *, subject_id, by, comment, request_id=None, read_mark=None, send_confirmed=True: (
+                    journey_approve(
+                        journey_id=subject_id,
+                        by=by,
+                        comment=comment,
+                        request_id=request_id,
+                        read_mark=read_mark,
+                        send_confirmed=send_confirmed,
+                    )
                 ),
                 read_mark=journey_read_mark,
                 request_changes=lambda *, subject_id, by, comment, request_id=None: journey_request_changes(
@@ -82,5 +89,6 @@ class JourneysConfig(AppConfig):
                 zoned=lambda journey, value: zoned(value, "UTC"),  # a journey has no zone of its own
                 awaiting_author=journeys_with_a_draft,
                 changed_since_submitted=journey_changed_since_submitted,
+                sends_at_once=journey_enters_now_text,
             ),
         )

@@ -58,6 +58,19 @@ def entry_audience_text(version: JourneyVersion, *, app_id: int, segment_names: 
     return "; ".join(part for part in (f"{segment}: {reach}", rules) if part)
 
 
+def journey_enters_now_text(journey: Journey, *, user: User) -> str:
+    """What approving the journey's version in review starts at once (its segment entry, read as
+    soon as it is live), for its approver's confirmation: who enters now, as the review says it
+    (``entry_audience_text``), the segment named as ``user`` may be told it."""
+    version = journey.versions.filter(status=JourneyVersion.Status.IN_REVIEW).first()
+    if version is None or version.entry_kind != JourneyVersion.EntryKind.SEGMENT:
+        return f"'{journey.name}' goes live now."
+    names = entry_segment_names(user, [version])
+    segment = entry_segment_text(version, segment_names=names)
+    who = entry_audience_text(version, app_id=journey.app_id, segment_names=names)
+    return f"'{journey.name}' enters everyone in {segment} now, and its steps start: {who}"
+
+
 def content_names(version: JourneyVersion, *, user: User) -> dict:
     """The names of the version's push contents that ``user`` may see, by ("content", id): the
     steps name those, and the others by number ("content #12")."""

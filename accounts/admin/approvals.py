@@ -37,6 +37,7 @@ from accounts.selectors import (
 )
 from accounts.services import (
     ApprovalError,
+    SendNotConfirmed,
     TransitionError,
     approval_policy_activate,
     approval_policy_deactivate,
@@ -44,6 +45,9 @@ from accounts.services import (
 )
 
 CAMPAIGN_KINDS = (("scheduled", "Scheduled"), ("api_triggered", "API-triggered"))
+# The Yes of the review's confirmation (``ApprovalRequestAdmin._send_confirmation``): an approval
+# starting a send at once is made only by a post carrying it.
+SEND_CONFIRMED = "_send_confirmed"
 PURPOSES = (("marketing", "Marketing"), ("transactional", "Transactional"))
 
 
@@ -427,9 +431,14 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
                     }
                     if "_approve" in request.POST:
                         # What the page the approver read was drawn from (its decision form posts it):
-                        # the approval freezes that, or nothing.
+                        # the approval freezes that, or nothing. One that starts a send at once is
+                        # asked first (``SendNotConfirmed``), its Yes posting all this again.
                         shown = request.POST.get("shown")
-                        handler.approve(**decision, **({"read_mark": shown} if shown is not None else {}))
+                        handler.approve(
+                            **decision,
+                            **({"read_mark": shown} if shown is not None else {}),
+                            send_confirmed=SEND_CONFIRMED in request.POST,
+                        )
                         self.message_user(request, f"Approved and activated: {subject}.", messages.SUCCESS)
                     elif "_request_changes" in request.POST:
                         handler.request_changes(**decision)
@@ -447,6 +456,8 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
                 except ApprovalError as exc:  # closed, and its subject submitted again, since it was read
                     self.message_user(request, str(exc), messages.ERROR)
                     return HttpResponseRedirect(reverse("admin:accounts_approvalrequest_changelist"))
+                except SendNotConfirmed:  # nothing approved: the approver confirms first
+                    return self._send_confirmation(request, approval, handler, subject)
                 else:
                     return HttpResponseRedirect(reverse("admin:accounts_approvalrequest_changelist"))
         context = {
@@ -464,6 +475,34 @@ class ApprovalRequestAdmin(ReadOnlyAdminMixin, AccessAdmin):
             "reason": reason,
         }
         return TemplateResponse(request, "admin/accounts/approvalrequest/review.html", context)
+
+    def _send_confirmation(self, request, approval: ApprovalRequest, handler, subject) -> TemplateResponse:
+        """The page asking an approver whose Approve and activate would start a send at once to
+        confirm it: what starts (``ApprovalSubject.sends_at_once``), a Yes posting again all the
+        review posted (its comment, the mark of what it showed, checked again) with the
+        confirmation, and a No back to the review, which changes nothing."""
+        carried = [
+            (name, value)
+            for name, values in request.POST.lists()
+            if name not in ("csrfmiddlewaretoken", "_approve", SEND_CONFIRMED)
+            for value in values
+        ]
+        starts = (
+            handler.sends_at_once(subject, user=request.user)
+            if handler.sends_at_once is not None
+            else f"'{approval.subject_label}' starts sending now."
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Approve and send now? {approval.subject_label}",
+            "approval": approval,
+            "starts": starts,
+            "carried": carried,
+            "send_confirmed": SEND_CONFIRMED,
+            "review_url": reverse("admin:accounts_approvalrequest_review", args=[approval.pk]),
+        }
+        return TemplateResponse(request, "admin/accounts/approvalrequest/confirm_send.html", context)
 
 
 def _utc(value: dt.datetime | None) -> str:

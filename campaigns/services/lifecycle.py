@@ -15,6 +15,7 @@ from django.utils import timezone
 from accounts.models import ApprovalRequest, User
 from accounts.selectors import approval_current, in_scope, visible_named
 from accounts.services import (
+    SendNotConfirmed,
     TransitionError,
     access_grant,
     approval_request_as_read,
@@ -405,10 +406,19 @@ def _approve_version(campaign: Campaign, request: ApprovalRequest, *, by: User, 
     return snapshot
 
 
-def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User, comment: str, now: dt.datetime):
+def _approve_revision(
+    campaign: Campaign,
+    request: ApprovalRequest,
+    *,
+    by: User,
+    comment: str,
+    now: dt.datetime,
+    send_confirmed: bool = True,
+):
     """The revision of a scheduled or live campaign takes over from the approved version. A changed
     schedule moves the next occurrence; a send that already happened is not repeated, and one due
-    but not sent yet is sent by the new schedule if it has it, or recorded skipped (``_due_when_revised``)."""
+    but not sent yet is sent by the new schedule if it has it, or recorded skipped (``_due_when_revised``).
+    A send it starts at once needs ``send_confirmed`` (``_fire_when_due``)."""
     before = campaign.approved()
     snapshot = _approve_version(campaign, request, by=by, now=now)
     if campaign.kind == Campaign.Kind.SCHEDULED and (
@@ -440,8 +450,7 @@ def _approve_revision(campaign: Campaign, request: ApprovalRequest, *, by: User,
         obj=campaign,
         summary={"version": snapshot["number"], "replaces": before.number if before else None, "comment": comment},
     )
-    if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
-        transaction.on_commit(lambda: _queue_fire(campaign.pk))
+    _fire_when_due(campaign, now=now, send_confirmed=send_confirmed)
 
 
 def _one_off_sent(campaign: Campaign) -> bool:
@@ -484,18 +493,23 @@ def campaign_approve(
     now: dt.datetime | None = None,
     request_id: int | None = None,
     read_mark: str | None = None,
+    send_confirmed: bool = True,
 ) -> Campaign:
     """Approve and activate: the campaign becomes scheduled (a future send) or live. For the
     revision of a scheduled or live campaign, the revision becomes the approved version that sends.
     ``read_mark`` (the review page's: ``Campaign.fingerprint`` as the page was drawn) is what the
-    approver read: the approval freezes that, or nothing.
+    approver read: the approval freezes that, or nothing. An approval that starts a send at once (sent
+    when approved, a one-off or a recurring send already due) approves nothing unless
+    ``send_confirmed``: the review's first press, which asks its approver first, passes False.
 
     Raises ValidationError when what would be sent differs from what was submitted (e.g. its push
     content was edited meanwhile: ask for changes) or from what the page of ``read_mark`` showed
     (edited and put back since), PermissionDenied when ``by`` may not approve
     this request (own request, not an approver of its policy, no access: to both apps for a
     revision moving it to another app), ApprovalError when
-    ``request_id`` (the request the approver read) is given and another request waits now.
+    ``request_id`` (the request the approver read) is given and another request waits now,
+    SendNotConfirmed when it would start a send at once and ``send_confirmed`` is False (checked
+    last: every other refusal comes first).
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -518,7 +532,7 @@ def campaign_approve(
         _check_a_send_is_left(campaign, now=now)
         approval_request_record(request=request, by=by, approve=True, comment=comment)
         if revision:
-            _approve_revision(campaign, request, by=by, comment=comment, now=now)
+            _approve_revision(campaign, request, by=by, comment=comment, now=now, send_confirmed=send_confirmed)
             return campaign
         _approve_version(campaign, request, by=by, now=now)
         campaign.activated_at = now
@@ -536,9 +550,19 @@ def campaign_approve(
             summary={"comment": comment, "version": 1},
             also_saved=SAVED_WITH_STATUS,
         )
-        if campaign.next_occurrence_at is not None and campaign.next_occurrence_at <= now:
-            transaction.on_commit(lambda: _queue_fire(campaign.pk))
+        _fire_when_due(campaign, now=now, send_confirmed=send_confirmed)
     return campaign
+
+
+def _fire_when_due(campaign: Campaign, *, now: dt.datetime, send_confirmed: bool) -> None:
+    """After an approval set the campaign's next occurrence: one due already is fired once the
+    approval commits. Unless ``send_confirmed``, raises SendNotConfirmed instead, in the approval's
+    transaction, which rolls back all it wrote: nothing is approved, nothing sent."""
+    if campaign.next_occurrence_at is None or campaign.next_occurrence_at > now:
+        return
+    if not send_confirmed:
+        raise SendNotConfirmed(f"Approving '{campaign}' starts its send at once: confirm it first.")
+    transaction.on_commit(lambda: _queue_fire(campaign.pk))
 
 
 def _hold_what_it_sends(campaign: Campaign) -> None:

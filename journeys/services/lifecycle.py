@@ -22,6 +22,7 @@ from django.utils import timezone
 from accounts.models import ApprovalRequest, User
 from accounts.selectors import approval_current, can, in_scope, visible_named, visible_to
 from accounts.services import (
+    SendNotConfirmed,
     TransitionError,
     access_grant,
     approval_request_as_read,
@@ -620,18 +621,23 @@ def journey_approve(
     now: dt.datetime | None = None,
     request_id: int | None = None,
     read_mark: str | None = None,
+    send_confirmed: bool = True,
 ) -> JourneyVersion:
     """Approve and publish the version in review: it becomes the live version (the previous live
     one is retired; profiles inside it finish on it), its push contents are frozen as approved,
     and a segment entry is read at once. ``read_mark`` (the review page's: ``journey_read_mark`` as
-    the page was drawn) is what the approver read: the approval freezes that, or nothing.
+    the page was drawn) is what the approver read: the approval freezes that, or nothing. A segment
+    entry read at once (the journey not paused) approves nothing unless ``send_confirmed``: the
+    review's first press, which asks its approver first, passes False.
 
     Raises ValidationError when what would run changed since it was submitted (e.g. its push
     content was edited) or since the page of ``read_mark`` showed it (edited and put back since),
     or no longer holds; PermissionDenied when ``by`` may not approve it;
     TransitionError when the journey is stopped, closed or archived, or nothing is in review;
     ApprovalError when ``request_id`` (the request the approver read) is given and another
-    request waits now. A paused journey stays paused: the version runs once it is resumed.
+    request waits now; SendNotConfirmed when its segment would enter at once and ``send_confirmed``
+    is False (checked last: every other refusal comes first). A paused journey stays paused: the
+    version runs once it is resumed.
     """
     from delivery.models import PushContent, spec_fingerprint
 
@@ -665,6 +671,12 @@ def journey_approve(
                 f"'{journey}' changed since this page showed it: nothing was approved. Read it again as it is now."
             )
         _validate_version(version, by=None)
+        if (
+            not send_confirmed
+            and version.entry_kind == JourneyVersion.EntryKind.SEGMENT
+            and journey.status != Status.PAUSED
+        ):
+            raise SendNotConfirmed(f"Approving '{journey}' enters its segment at once: confirm it first.")
         approval_request_record(request=request, by=by, approve=True, comment=comment)
         version.frozen_specs = {
             step: {"content_id": cid, "fingerprint": fingerprints[step], "spec": specs[cid]}
