@@ -254,3 +254,30 @@ def test_a_dispatch_says_the_campaign_that_sent_it(api_key_for, manager_alice, a
     assert client.get(f"/api/v1/dispatches/{sent.pk}/").json()["sent_by"] == {**expected, "name": "Order shipped"}
     listed = {d["id"]: d["sent_by"] for d in client.get("/api/v1/dispatches/").json()["results"]}
     assert listed == {sent.pk: {**expected, "name": "Order shipped"}, unsourced.pk: None}
+
+
+def test_a_journey_s_dispatch_says_the_journey_and_its_version(api_key_for, manager_alice, app):
+    from journeys.services.lifecycle import journey_create
+
+    graph = {
+        "steps": [
+            {"id": "push", "type": "push", "content": PushContentFactory(app=app).pk, "next": "done"},
+            {"id": "done", "type": "exit"},
+        ]
+    }
+    journey = journey_create(
+        by=manager_alice, name="Welcome", app=app, graph=graph, entry_kind="event", entry_event="signed_up"
+    )
+    version = journey.versions.get()
+    sent = make_dispatch(app, [("accepted", "")])
+    Dispatch.objects.filter(pk=sent.pk).update(kind="journey", source_id=version.pk)
+    expected = {
+        "kind": "journey",
+        "campaign_id": None,
+        "journey_id": journey.pk,
+        "journey_version": version.number,
+        "name": "Welcome",
+    }
+    client = api_key_for(manager_alice, scopes=["read"])
+    assert client.get(f"/api/v1/dispatches/{sent.pk}/").json()["sent_by"] == expected
+    assert [d["sent_by"] for d in client.get("/api/v1/dispatches/").json()["results"]] == [expected]
