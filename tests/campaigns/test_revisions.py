@@ -32,7 +32,15 @@ def live_api_campaign(make_campaign, manager_alice, approver_bob):
 
 
 def _send(campaign, spec):
-    return dispatch_create(app_id=campaign.app_id, kind="api_trigger", spec=spec, profile_ids=[], source_id=campaign.pk)
+    """A direct API-trigger dispatch of ``spec``, with what every send of the approved version gives it."""
+    return dispatch_create(
+        app_id=campaign.app_id,
+        kind="api_trigger",
+        spec=spec,
+        profile_ids=[],
+        source_id=campaign.pk,
+        context=campaign.approved().send_context(),
+    )
 
 
 def test_swapping_the_content_of_a_live_campaign_keeps_the_approved_one_sending(live_api_campaign, manager_alice, team):
