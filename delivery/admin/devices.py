@@ -119,11 +119,11 @@ class DeviceAdmin(BigTableAdmin):
     def token_view(self, request, object_id):
         """The device's push token in full, to whoever may see it (``SEE_DEVICE_TOKEN``): asked with
         a GET, shown (and audited) on the POST of its button."""
+        device = self.get_object(request, object_id)
+        if device is None:  # not there, or outside the user's access: the device is not to be known
+            raise Http404("No device with this id.")
         if not request.user.has_perm(SEE_DEVICE_TOKEN):
             raise PermissionDenied
-        device = self.get_object(request, object_id)
-        if device is None:
-            raise Http404("No device with this id.")
         token = device_token_show(device_id=device.pk, by=request.user) if request.method == "POST" else None
         context = {
             **self.admin_site.each_context(request),
