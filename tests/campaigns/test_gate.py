@@ -169,6 +169,7 @@ def _approved_for_tomorrow(make_campaign, manager_alice, approver_bob, **fields)
         pytest.param({"purpose": "transactional"}, id="transactional for marketing (no caps, no quiet hours)"),
         pytest.param({"rate_limit_per_second": 100_000}, id="another throttle"),
         pytest.param({"context": {"promo": "words nobody approved"}}, id="a context its content may show"),
+        pytest.param({"time_zone": "Pacific/Kiritimati"}, id="another zone for the time its content may show"),
     ],
 )
 def test_a_direct_call_cannot_send_the_approved_content_otherwise_than_approved(
@@ -176,8 +177,10 @@ def test_a_direct_call_cannot_send_the_approved_content_otherwise_than_approved(
 ):
     """The approval covers the audience, the purpose and the throttle as well as the content: a
     dispatch of the approved content to a list of profiles, another segment, as transactional (past
-    the frequency caps and quiet hours), at another rate, or with a context of its own (which a
-    ``{{ context.promo | default: … }}`` would show) is refused by the gate, not made."""
+    the frequency caps and quiet hours), at another rate, with a context of its own (which a
+    ``{{ context.promo | default: … }}`` would show), or reading ``now`` in another zone than the
+    approved schedule's (a ``{{ 'now' | date: … }}`` would show another hour, or day) is refused
+    by the gate, not made."""
     from tests.factories import ProfileFactory, SegmentFactory
 
     campaign = _approved_for_tomorrow(make_campaign, manager_alice, approver_bob, throttle_per_second=10)

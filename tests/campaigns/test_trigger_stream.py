@@ -467,8 +467,9 @@ def test_a_stream_opened_by_a_direct_call_with_other_content_is_refused_and_trig
     live_trigger, trigger_client, zoe, pushsim, django_capture_on_commit_callbacks
 ):
     """Today's stream is opened by the first call that needs it, and every later call appends to
-    it: a direct service call opening it first with content nobody approved (or another purpose)
-    is refused by the campaign's gate, so the triggers' recipients get the approved content."""
+    it: a direct service call opening it first with content nobody approved (or another purpose, or
+    another zone for the time it may show) is refused by the campaign's gate, so the triggers'
+    recipients get the approved content."""
     from delivery.services.dispatches import GateClosed
     from delivery.services.streams import stream_open
 
@@ -486,6 +487,8 @@ def test_a_stream_opened_by_a_direct_call_with_other_content_is_refused_and_trig
         stream_open(**opened, spec={**approved.spec, "body": "Words nobody approved"}, purpose=approved.purpose)
     with pytest.raises(GateClosed, match="approved"):
         stream_open(**opened, spec=approved.spec, purpose="marketing")
+    with pytest.raises(GateClosed, match="approved"):
+        stream_open(**opened, spec=approved.spec, purpose=approved.purpose, time_zone="Pacific/Kiritimati")
     assert not Dispatch.objects.filter(standing=True).exists()
     with django_capture_on_commit_callbacks(execute=True):
         assert _trigger(trigger_client, live_trigger, "zoe").status_code == 202
