@@ -241,3 +241,109 @@ def test_a_change_of_the_apps_default_zone_reaches_the_next_events_call_at_once(
     assert _wall_time(due_of_a_visit(), "America/New_York") == (9, 0)
     delivery_rules_save(app_id=team.pk, by=admin_erin, default_timezone="Asia/Tokyo")
     assert _wall_time(due_of_a_visit(), "Asia/Tokyo") == (9, 0)
+
+
+def _approve_between_the_read_and_the_entry(monkeypatch, journey, manager_alice, approver_bob, events, **changes):
+    """Run an events call whose read of the live journeys is followed, before its entry is
+    written, by the approval of a new version (``changes``) in another session; return its counts."""
+    import threading
+
+    from journeys.services import entries
+    from journeys.services.lifecycle import journey_approve, journey_submit, journey_version_edit
+    from tests.locks import concurrently
+
+    read, approved = threading.Event(), threading.Event()
+    live_for_events = entries._live_for_events
+
+    def read_then_wait_for_the_approval(*args, **kwargs):
+        live = live_for_events(*args, **kwargs)
+        read.set()
+        assert approved.wait(10)
+        return live
+
+    monkeypatch.setattr(entries, "_live_for_events", read_then_wait_for_the_approval)
+    counts = {}
+
+    def events_call():
+        counts.update(entries.journeys_events_received(events=events))
+
+    def approve():
+        assert read.wait(10)
+        journey_version_edit(journey_id=journey.pk, by=manager_alice, **changes)
+        journey_submit(journey_id=journey.pk, by=manager_alice)
+        journey_approve(journey_id=journey.pk, by=approver_bob)
+        approved.set()
+
+    assert concurrently(events_call, approve) == []
+    monkeypatch.setattr(entries, "_live_for_events", live_for_events)
+    return counts
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_entry_event_read_live_just_before_a_new_version_enters_that_version(
+    sim_journey, sim_welcome, sim_team, publish, manager_alice, approver_bob, monkeypatch
+):
+    """The events call reads the live versions, then a new version entering on the same event is
+    approved before the entry is written: the entry found the version it read retired and entered
+    no one, counted nowhere. It enters the version now live, as a replay takes a version approved
+    since, once, and its first push goes out once."""
+    from delivery.models import Delivery
+    from journeys.models import Enrollment
+    from journeys.selectors import version_step_stats
+
+    journey = publish(
+        sim_journey(
+            graph=_push_then_exit(sim_welcome.pk), entry_kind="event", entry_event="order_paid", entry_segment=None
+        )
+    )
+    first = journey.live_version
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=sim_team)
+    counts = _approve_between_the_read_and_the_entry(
+        monkeypatch,
+        journey,
+        manager_alice,
+        approver_bob,
+        [(zoe.pk, "order_paid", timezone.now())],
+        graph=_push_then_exit(sim_welcome.pk, step="hello"),
+    )
+    journey.refresh_from_db()
+    assert journey.live_version.number == 2
+    enrollment = Enrollment.objects.get(profile=zoe)
+    assert (enrollment.version_id, enrollment.status) == (journey.live_version_id, "completed")
+    assert counts["entered"] == 1
+    assert version_step_stats(journey.live_version)["hello"]["entered"] == 1
+    assert not version_step_stats(first).get("thanks", {}).get("entered")
+    assert Delivery.objects.filter(profile=zoe).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_entry_event_read_live_just_before_a_new_version_on_another_event_is_counted(
+    sim_journey, sim_welcome, sim_team, publish, manager_alice, approver_bob, monkeypatch
+):
+    """The new version approved between the read and the entry enters on another event: the
+    event enters no one, counted nowhere. It is counted on the entry step of the version it came
+    under, not entered (``skipped_not_live``: that version was no longer live when its entry was
+    written), as a replay counts an event stored before the journey took it."""
+    from journeys.models import Enrollment
+    from journeys.selectors import version_step_stats
+
+    journey = publish(
+        sim_journey(
+            graph=_push_then_exit(sim_welcome.pk), entry_kind="event", entry_event="order_paid", entry_segment=None
+        )
+    )
+    first = journey.live_version
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=sim_team)
+    counts = _approve_between_the_read_and_the_entry(
+        monkeypatch,
+        journey,
+        manager_alice,
+        approver_bob,
+        [(zoe.pk, "order_paid", timezone.now())],
+        entry_event="signup",
+    )
+    assert counts["entered"] == 0
+    assert not Enrollment.objects.exists()
+    assert version_step_stats(first)["thanks"]["skipped_not_live"] == 1
