@@ -56,7 +56,8 @@ def campaign_gate(
     The app and the kind are the approved version's (a revision moving them waits for its approval,
     and the approved version keeps sending from its own app). ``sends`` (``dispatch_create``'s),
     when given, must be the approved version's too: its segment (no list of profiles), its purpose
-    (transactional passes the frequency caps and quiet hours) and its throttle; an API-triggered
+    (transactional passes the frequency caps and quiet hours), its throttle and its schedule's time
+    zone (which its content's ``now`` is read in); an API-triggered
     campaign sends to the recipients each call names, never to a segment. A scheduled campaign's
     ``context`` is the one its approved version's sends give (``ApprovedVersion.send_context``, under
     the name it was approved with): content may show a context value (with a default), so another
@@ -104,6 +105,9 @@ def _sends_gate(campaign: Campaign, approved, sends: dict, *, context: dict | No
         raise GateClosed(f"'{campaign}' was approved as {approved.purpose}, not {sends.get('purpose')}.")
     if sends.get("rate_limit_per_second") != approved.throttle_per_second:
         raise GateClosed(f"The throttle to send at is not the approved throttle of '{campaign}'.")
+    # The zone its content's ``now`` is read in ("": UTC): another would show another hour, or day.
+    if (sends.get("time_zone") or "UTC") != (approved.time_zone or "UTC"):
+        raise GateClosed(f"The time zone to send in is not the one the approved schedule of '{campaign}' names.")
     # An API trigger's stream too: its context is what every call's rows read ``context.campaign`` from
     # (each call's own values go on its rows, and may not name it).
     if (context or {}) != approved.send_context():

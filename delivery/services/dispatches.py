@@ -58,8 +58,9 @@ def dispatch_gate_register(*, kind: str, gate: DispatchGate) -> None:
     """Plug the gate of a dispatch kind: ``gate(app=, source_id=, spec=, by=, context=, sends=)``
     raises GateClosed to refuse. ``context`` is what the dispatch gives its content (a journey's
     names its push step, whose approved content alone it may send); ``sends`` how and to whom it
-    sends it (``segment_id``, ``profile_ids``, ``purpose``, ``rate_limit_per_second``), which an
-    approval covers as much as the content (a campaign's audience, purpose and throttle).
+    sends it (``segment_id``, ``profile_ids``, ``purpose``, ``rate_limit_per_second``,
+    ``time_zone``), which an approval covers as much as the content (a campaign's audience,
+    purpose, throttle and schedule's zone).
 
     Campaigns register theirs (approved, live, fingerprint unchanged) when their app loads.
     A kind without a gate is refused: the send path fails closed.
@@ -193,6 +194,7 @@ def dispatch_create(
         "profile_ids": profile_ids,
         "purpose": purpose,
         "rate_limit_per_second": rate_limit_per_second,
+        "time_zone": time_zone,
     }
     dispatch_gate_ask(
         kind=kind,

@@ -159,6 +159,7 @@ def stream_open(
             "profile_ids": None,
             "purpose": purpose,
             "rate_limit_per_second": rate_limit_per_second,
+            "time_zone": time_zone,
         },
         variants=variants,
         holdout_share=holdout_share,
