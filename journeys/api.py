@@ -176,7 +176,8 @@ class StepStatsSerializer(serializers.Serializer):
     skipped_not_live = serializers.IntegerField(
         help_text="The entry step of an event entry: profiles whose entry event, replayed late (its entry "
         "had failed), was stored before the journey took that event (not live then, or entering on another "
-        "event), so it entered no one."
+        "event), so it entered no one; and those whose events call read this version live just before a new "
+        "version entering on another event replaced it."
     )
     conversions = ConversionFiguresSerializer(
         required=False, help_text="Push steps, when the journey names a conversion goal: its conversions."

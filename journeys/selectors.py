@@ -78,8 +78,8 @@ def version_step_stats(version: JourneyVersion) -> dict[str, dict]:
     event, when the journey stopped, or as the profile was deleted: ``exit_event``, ``stopped``,
     ``deleted``); ``held``: of those inside (waiting or due), the ones a pause holds; on the entry
     step, the entries a pause held back (``skipped_paused``: entry events; ``reads_skipped_paused``:
-    segment reads), and a replay's entry events stored before the journey took them
-    (``skipped_not_live``)."""
+    segment reads), and a replay's entry events stored before the journey took them, or a call's
+    read just before a version entering otherwise replaced this one (``skipped_not_live``)."""
     from journeys.services.lifecycle import READS_SKIPPED_PAUSED, SKIPPED_NOT_LIVE, SKIPPED_PAUSED
 
     stats: dict[str, dict] = defaultdict(dict)

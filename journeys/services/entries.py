@@ -85,7 +85,8 @@ def _enter(
 
     No one enters unless the journey is live on ``version``, read with its row held shared until
     commit: a stop waits for the entry, then exits whoever it entered; an entry after a stop (or
-    a new version) waits for it, then enters no one. ``hold``: a paused journey is entered too,
+    a new version) waits for it, then enters no one (an event's caller then enters the new version,
+    or counts the event, ``journeys_events_received``). ``hold``: a paused journey is entered too,
     its new enrollments held as the pause holds whoever is inside (no due time; ``held_due_at``,
     ``now``, given back at the resume); the caller runs none of them (but ends at once, with
     ``journeys_run_entered``'s ``held``, those whose exit event came since).
@@ -246,7 +247,12 @@ def journeys_events_received(
     One paused after the call read it live (a pause committed before its entry is written) is
     entered all the same, its profiles held where the pause holds whoever is inside, to go on at
     the resume: every entry event is either entered or counted (the entry re-reads the journey's
-    status in its own statement, no query more).
+    status in its own statement, no query more). One whose live version was replaced after the call
+    read it (a new version's approval committed before its entry is written) enters the version
+    live now when that one enters on the same event, as a replay takes a version approved since
+    (an entry that entered no one reads the journey's live version once more, ``_replaced_since_read``);
+    one that enters otherwise counts the event on the entry step of the version it came under, not
+    entered (``skipped_not_live``: that version no longer live when its entry was written).
     Replayed after the resume, events stored during the pause enter no one either (counted so).
     Replayed during a pause, events stored before it enter their profiles held, as the pause holds
     whoever is inside (``_enter``'s ``hold``): they go on from the entry step at the resume.
@@ -316,26 +322,60 @@ def journeys_events_received(
     stored_since = _exits_stored_since(candidates, events, event_ids, received_at)
     for version in candidates:
         entering = _latest(events, version.entry_event)
-        ending = _exited_since_entering(version, entering, events, names, stored_since)
         audience, param = _event_audience(sorted(entering))
+        stamp, stored = live.stamp, stored_since
         with transaction.atomic(savepoint=False):
             # ``hold``: a journey read live here may be paused by now (a pause committed since):
             # its profiles enter held, as the pause holds whoever is inside, counted as entered.
             enrolled, hold = _enter(
                 version, audience, [param], now=now, returning=True, few=True, as_of=as_of, hold=True
             )
+            while not enrolled and (replacing := _replaced_since_read(version)) is not None:
+                # A version approved since this call read the journey: it takes the event in place
+                # of the one it replaced when it enters on it, as it would a moment later (and as
+                # a replay's version approved since does); else the event is counted not entered.
+                if (replacing.entry_kind, replacing.entry_event) != (
+                    JourneyVersion.EntryKind.EVENT,
+                    version.entry_event,
+                ):
+                    _count_not_entered(events, {SKIPPED_NOT_LIVE: [version]})
+                    break
+                if replacing.exit_event != version.exit_event:
+                    stored = _exits_stored_since([replacing], events, event_ids, received_at)
+                version, stamp = replacing, None  # read after the call's stamp: its steps are opened afresh
+                enrolled, hold = _enter(
+                    version, audience, [param], now=now, returning=True, few=True, as_of=as_of, hold=True
+                )
+            ending = _exited_since_entering(version, entering, events, names, stored)
             if enrolled and not hold and version.journey.status != Status.LIVE:
                 # A replay read it paused, and the resume committed since: the entry found it live
                 # (and holds its row shared to the commit), so its run reads it so, not as the call
                 # read it, which would hold them aside in a live journey that no resume releases.
                 version = JourneyVersion.objects.select_related("journey__app__delivery_rules").get(pk=version.pk)
             journeys_run_entered(
-                enrolled=enrolled, version=version, stamp=live.stamp, now=now, exits=ending, entered_at=as_of, held=hold
+                enrolled=enrolled, version=version, stamp=stamp, now=now, exits=ending, entered_at=as_of, held=hold
             )
         entered += len(enrolled)
         if ending:
             exited += sum(1 for _, profile_id, _ in enrolled if profile_id in ending)
     return {"exited": exited, "entered": entered}
+
+
+def _replaced_since_read(version: JourneyVersion) -> JourneyVersion | None:
+    """After an entry in ``version`` that entered no one: the version live on its journey now (with
+    its journey, its app and the app's delivery rules, as ``_live_for_events`` reads them), when
+    another one was approved since the call read ``version`` live and the journey is still on the
+    air; None otherwise (the re-entry policy refused the entry, or the journey was taken off the
+    air: a stop exits whoever an entry made before it, and an entry after it enters no one). One
+    query, two when replaced; none for an entry that entered anyone."""
+    live_id = (
+        Journey.objects.filter(pk=version.journey_id, status__in=Journey.ON_AIR)
+        .values_list("live_version_id", flat=True)
+        .first()
+    )
+    if live_id is None or live_id == version.pk:
+        return None
+    return JourneyVersion.objects.select_related("journey__app__delivery_rules").get(pk=live_id)
 
 
 def _entering_when_received(versions: list[JourneyVersion], received_at: dt.datetime | None) -> list[JourneyVersion]:
