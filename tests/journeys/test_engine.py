@@ -1974,3 +1974,95 @@ def test_profiles_the_engine_finds_in_a_journey_no_longer_on_the_air_are_counted
     pause = version_step_stats(journey.live_version)["pause"]
     assert (pause["entered"], pause["waiting"], pause["exited"], pause["stopped"]) == (2, 0, 2, 2)
     assert _steps_not_adding_up(journey.live_version) == {}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("edited", ["the entry kept list", "a list its rules nest"])
+def test_a_list_change_between_the_entry_check_and_its_insert_enters_no_one_unapproved(
+    edited, make_journey, publish, vips, manager_alice, monkeypatch
+):
+    """A member added to the entry segment's kept list (or to a list its rules use) commits between
+    the entry's check that the segment is defined as approved and the INSERT … SELECT that reads it:
+    the entry is to read the definition it checked, the change waiting for it (then read as an edit)."""
+    from audiences.rules import compiler
+    from audiences.services.segments import segment_create, segment_members_change
+
+    first = ProfileFactory(external_id="vip-1")
+    ProfileFactory(external_id="vip-late")
+    entry = vips
+    if edited == "a list its rules nest":
+        entry = segment_create(name="Regulars", rules={"all": [{"segment": vips.pk}]}, by=manager_alice)
+    SegmentMemberFactory(segment=vips, profile=first)
+    journey = publish(make_journey(graph={"steps": [EXIT]}, entry_segment=entry, entry_every_hours=1))
+    Enrollment.objects.filter(journey=journey).delete()
+    Journey.objects.filter(pk=journey.pk).update(next_entry_at=timezone.now())
+    failed = []
+
+    def add() -> None:
+        try:
+            segment_members_change(segment_id=vips.pk, by=manager_alice, add=["vip-late"])
+        except Exception as exc:
+            failed.append(exc)
+        finally:
+            connection.close()
+
+    editor = threading.Thread(target=add)
+    read = compiler.segment_profiles
+
+    def read_while_the_list_changes(*args, **kwargs):
+        editor.start()
+        editor.join(timeout=3)  # it commits here, unless the entry holds the lists
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(compiler, "segment_profiles", read_while_the_list_changes)
+    assert journey_enter_segment(journey_id=journey.pk) == 1
+    editor.join(timeout=30)
+    assert not failed
+    assert list(Enrollment.objects.filter(journey=journey).values_list("profile__external_id", flat=True)) == ["vip-1"]
+    assert vips.members.filter(profile__external_id="vip-late").exists()  # added after
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_list_change_between_the_condition_check_and_its_read_branches_no_one_unapproved(
+    make_journey, publish, vips, manager_alice, monkeypatch
+):
+    """A member added to the kept list a condition tests commits between the engine's check that the
+    segment is defined as approved and the branch's read of it: the branch is to read the definition
+    it checked, the change waiting for the batch (then read as an edit)."""
+    from audiences.services.segments import segment_members_change
+    from journeys.services import engine
+
+    member, late = ProfileFactory(external_id="m-1"), ProfileFactory(external_id="m-2")
+    SegmentMemberFactory(segment=vips, profile=member)
+    graph = _condition_graph([{"label": "VIP", "segment": vips.pk, "next": "vip"}])
+    journey = publish(make_journey(graph=graph, entry_every_hours=1))
+    Enrollment.objects.filter(journey=journey).delete()
+    Journey.objects.filter(pk=journey.pk).update(next_entry_at=timezone.now())
+    engine._FROZEN_CHECKED.clear()
+    failed = []
+
+    def add() -> None:
+        try:
+            segment_members_change(segment_id=vips.pk, by=manager_alice, add=["m-2"])
+        except Exception as exc:
+            failed.append(exc)
+        finally:
+            connection.close()
+
+    editor = threading.Thread(target=add)
+    taken = engine._branches_taken
+
+    def branch_while_the_list_changes(*args, **kwargs):
+        if not editor.is_alive() and editor.ident is None:
+            editor.start()
+            editor.join(timeout=3)  # it commits here, unless the engine holds the list
+        return taken(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_branches_taken", branch_while_the_list_changes)
+    assert journey_enter_segment(journey_id=journey.pk) == 2
+    journeys_run_due()
+    editor.join(timeout=30)
+    assert not failed
+    assert _enrollment(journey, member).step == "vip"
+    assert _enrollment(journey, late).step == "others"
+    assert vips.members.filter(profile=late).exists()  # added after
