@@ -170,6 +170,10 @@ def _approved_for_tomorrow(make_campaign, manager_alice, approver_bob, **fields)
         pytest.param({"rate_limit_per_second": 100_000}, id="another throttle"),
         pytest.param({"context": {"promo": "words nobody approved"}}, id="a context its content may show"),
         pytest.param({"time_zone": "Pacific/Kiritimati"}, id="another zone for the time its content may show"),
+        pytest.param(
+            {"local_time": "2030-01-07T09:00:00", "local_default_timezone": "UTC", "local_late_minutes": 60},
+            id="at each profile's local time for a send in its zone",
+        ),
     ],
 )
 def test_a_direct_call_cannot_send_the_approved_content_otherwise_than_approved(
@@ -180,7 +184,7 @@ def test_a_direct_call_cannot_send_the_approved_content_otherwise_than_approved(
     the frequency caps and quiet hours), at another rate, with a context of its own (which a
     ``{{ context.promo | default: … }}`` would show), or reading ``now`` in another zone than the
     approved schedule's (a ``{{ 'now' | date: … }}`` would show another hour, or day) is refused
-    by the gate, not made."""
+    by the gate, not made; so is one at each profile's local time when the approved schedule is not."""
     from tests.factories import ProfileFactory, SegmentFactory
 
     campaign = _approved_for_tomorrow(make_campaign, manager_alice, approver_bob, throttle_per_second=10)
@@ -209,6 +213,78 @@ def test_a_direct_call_cannot_send_the_approved_content_otherwise_than_approved(
     assert not Dispatch.objects.exists()
 
 
+def _approved_at_local_time(make_campaign, manager_alice, approver_bob):
+    """A campaign approved to send tomorrow at 09:00 (Paris) in each profile's zone, and how its
+    occurrence sends: the ``dispatch_create`` arguments ``campaign_fire_due`` gives it."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from django.utils import timezone
+
+    from campaigns.schedule import lateness_allowed
+
+    paris = ZoneInfo("Europe/Paris")
+    nine = (timezone.now().astimezone(paris) + dt.timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
+    campaign = make_campaign(schedule_kind="at", send_at=nine, time_zone="Europe/Paris", at_local_time=True)
+    campaign_submit(campaign_id=campaign.pk, by=manager_alice)
+    campaign_approve(campaign_id=campaign.pk, by=approver_bob)
+    campaign.refresh_from_db()
+    approved = campaign.approved()
+    sends = {
+        "app_id": campaign.app_id,
+        "kind": "campaign",
+        "spec": approved.spec,
+        "content_id": approved.content_id,
+        "source_id": campaign.pk,
+        "segment_id": approved.segment_id,
+        "purpose": approved.purpose,
+        "rate_limit_per_second": approved.throttle_per_second,
+        "context": campaign.send_context(),
+        "time_zone": "Europe/Paris",
+        "local_time": nine.replace(tzinfo=None).isoformat(),
+        "local_default_timezone": "Europe/Paris",
+        "local_late_minutes": int(lateness_allowed(approved).total_seconds() // 60),
+    }
+    return campaign, sends
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        pytest.param(
+            {"local_time": "", "local_default_timezone": "", "local_late_minutes": None},
+            id="at once in every zone, not at each profile's local time",
+        ),
+        pytest.param({"local_time": "shifted"}, id="another wall-clock time in each zone"),
+        pytest.param({"local_default_timezone": "Pacific/Kiritimati"}, id="another zone for profiles without one"),
+        pytest.param({"local_default_timezone": ""}, id="UTC for profiles without a zone"),
+        pytest.param({"local_late_minutes": None}, id="sent to a zone however late"),
+        pytest.param({"local_late_minutes": 7 * 24 * 60}, id="another window for a zone reached late"),
+    ],
+)
+def test_a_direct_call_cannot_send_a_local_time_campaign_at_other_times_than_approved(
+    make_campaign, manager_alice, approver_bob, forged
+):
+    """The approval covers when a campaign at each profile's local time reaches each profile: a
+    dispatch of its approved content at once (in no profile's local time), at another wall-clock
+    time, holding the profiles without a zone to another zone's clock, or sending to a zone later than
+    its missed window allows (or however late) is refused by the gate, not made."""
+    import datetime as dt
+
+    campaign, sends = _approved_at_local_time(make_campaign, manager_alice, approver_bob)
+    if forged.get("local_time") == "shifted":
+        forged = {"local_time": (dt.datetime.fromisoformat(sends["local_time"]) - dt.timedelta(hours=6)).isoformat()}
+    with pytest.raises(GateClosed, match="approved"):
+        dispatch_create(**{**sends, **forged})
+    assert not Dispatch.objects.exists()
+
+
+def test_the_approved_local_time_sends_pass_the_gate(make_campaign, manager_alice, approver_bob):
+    campaign, sends = _approved_at_local_time(make_campaign, manager_alice, approver_bob)
+    dispatch = dispatch_create(**sends)
+    assert (dispatch.local_time, dispatch.local_default_timezone) == (sends["local_time"], "Europe/Paris")
+
+
 def test_the_approved_audience_purpose_and_throttle_pass_the_gate(make_campaign, manager_alice, approver_bob):
     campaign = _approved_for_tomorrow(make_campaign, manager_alice, approver_bob, throttle_per_second=10)
     approved = campaign.approved()
@@ -231,6 +307,10 @@ def test_the_approved_audience_purpose_and_throttle_pass_the_gate(make_campaign,
     [
         pytest.param({"segment_id": "everyone"}, id="a segment for the recipients each call names"),
         pytest.param({"purpose": "transactional"}, id="transactional for marketing"),
+        pytest.param(
+            {"local_time": "2030-01-07T09:00:00", "local_default_timezone": "UTC"},
+            id="held to a wall-clock time in each profile's zone",
+        ),
     ],
 )
 def test_an_api_triggered_campaign_cannot_be_sent_to_a_segment_or_as_another_purpose(
@@ -243,7 +323,13 @@ def test_an_api_triggered_campaign_cannot_be_sent_to_a_segment_or_as_another_pur
     campaign_approve(campaign_id=campaign.pk, by=approver_bob)
     campaign.refresh_from_db()
     approved = campaign.approved()
-    asked = {"profile_ids": [ProfileFactory().pk], "purpose": approved.purpose, **forged}
+    # The approved sends' context: each forged case is refused for what it forges alone.
+    asked = {
+        "profile_ids": [ProfileFactory().pk],
+        "purpose": approved.purpose,
+        "context": campaign.send_context(),
+        **forged,
+    }
     if asked.get("segment_id") == "everyone":
         asked.update(segment_id=segment.pk, profile_ids=None)
     with pytest.raises(GateClosed, match="approved"):
