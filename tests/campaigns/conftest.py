@@ -102,13 +102,13 @@ def lookup_trigger(pushsim_app, manager_alice, approver_bob):
     )
 
 
-def _live_trigger(pushsim_app, manager_alice, approver_bob, *, title, body):
+def _live_trigger(pushsim_app, manager_alice, approver_bob, *, title, body, name="Order shipped"):
     for user in (manager_alice, approver_bob):
         access_grant(obj=pushsim_app, to=user, by=None)
     content = PushContentFactory(app=pushsim_app, title=title, body=body)
     campaign = campaign_create(
         by=manager_alice,
-        name="Order shipped",
+        name=name,
         app=pushsim_app,
         kind="api_triggered",
         purpose="transactional",

@@ -682,3 +682,45 @@ def test_a_calls_context_naming_the_campaign_is_refused_and_its_phones_show_the_
         sent = trigger_client.post(_url(campaign), {"recipients": [{"external_id": "zoe"}]}, format="json")
     assert sent.status_code == 202
     assert [push["title"] for push in pushsim.state.recent(token=phone.token)] == [campaign.name]
+
+
+def test_a_context_too_large_beside_the_campaigns_own_name_is_refused_at_the_call_not_failed_at_send(
+    pushsim_app, manager_alice, approver_bob, trigger_client, django_capture_on_commit_callbacks
+):
+    """Every send gives its content ``context.campaign`` (its id and approved name); the call's size
+    check rendered without it, so a call whose context fits only without the campaign's long name
+    answered 202 and its push failed at send as too large. It is refused at the call, naming the
+    context, and nothing is written: on the first call, which looks each profile up, and once the
+    campaign's stream is open, where the call is appended in one statement."""
+    from tests.campaigns.conftest import _live_trigger
+
+    campaign = _live_trigger(
+        pushsim_app,
+        manager_alice,
+        approver_bob,
+        name="N" * 200,
+        title="{{ context.campaign.name }}{{ context.order_id }}",
+        body="x" * 3500,
+    )
+    zoe = ProfileFactory(external_id="zoe")
+    DeviceFactory(profile=zoe, app=pushsim_app, platform="android")
+    too_large = {"recipients": [{"external_id": "zoe", "context": {"order_id": "A" * 300}}]}
+
+    first = trigger_client.post(_url(campaign), too_large, format="json")
+    assert first.status_code == 400, first.json()
+    (error,) = first.json()["errors"]
+    assert error["field"] == "recipients[0].context"
+    assert "over the 4096-byte limit" in error["detail"]
+    assert not Delivery.objects.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        fits = trigger_client.post(
+            _url(campaign), {"recipients": [{"external_id": "zoe", "context": {"order_id": "A-1"}}]}, format="json"
+        )
+    assert fits.status_code == 202, fits.json()
+    assert Delivery.objects.count() == 1
+
+    again = trigger_client.post(_url(campaign), too_large, format="json")
+    assert again.status_code == 400, again.json()
+    assert again.json()["errors"][0]["field"] == "recipients[0].context"
+    assert Delivery.objects.count() == 1
