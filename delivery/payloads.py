@@ -72,14 +72,20 @@ class RenderedMessage:
 RECIPIENT_CONTEXTS = "_recipients"
 
 
-def recipient_context(context: dict | None, profile_id: int | None) -> dict:
-    """The context one recipient's message renders with: the shared one, overlaid by their own."""
+def recipient_context(context: dict | None, profile_id: int | None, *, own: dict | None = None) -> dict:
+    """The context one recipient's message renders with at its send, from the dispatch's ``context``:
+    the shared one, overlaid by their own. A call's row, appended with its values (``own``), reads
+    them under the dispatch's, which its gate held to the approved sends' (``context.campaign``): a
+    row naming one of them does not reword it. A check of a row before it is written renders with
+    what this returns for it, so it measures what its send will."""
+    if own:
+        return {**own, **(context or {})}
     context = context or {}
-    own = context.get(RECIPIENT_CONTEXTS) or {}
+    theirs = context.get(RECIPIENT_CONTEXTS) or {}
     shared = {key: value for key, value in context.items() if key != RECIPIENT_CONTEXTS}
-    if profile_id is None or str(profile_id) not in own:
+    if profile_id is None or str(profile_id) not in theirs:
         return shared
-    return {**shared, **own[str(profile_id)]}
+    return {**shared, **theirs[str(profile_id)]}
 
 
 def normalize_locale(locale: str) -> str:

@@ -103,27 +103,30 @@ def _payload_problem(spec: dict, *, profile: dict, context: dict, source: str = 
 
 
 def _recipient_problem(
-    spec: dict, *, index: int, profile: dict, context: dict, own_context: bool = True
+    spec: dict, *, index: int, profile: dict, context: dict, sent: dict, own_context: bool = True
 ) -> tuple[str, str] | None:
     """The field and the words of what is wrong with one recipient's message, if anything: their
     context when it makes the payload too large or unrenderable (the call's shared ``context``
     when they sent none of their own: it alone made it so), the recipient themselves when their
-    profile alone makes it too large (no context they send could help)."""
+    profile alone makes it too large (no context they send could help). ``context`` is the call's
+    (shared merged with theirs); ``sent`` what the stream gives every row (``_Approved.context``):
+    each is rendered as the send renders the row (``recipient_context``)."""
     from liquid.exceptions import LiquidError
 
-    from delivery.payloads import APNS_LIMIT, FCM_LIMIT, payload_sizes
+    from delivery.payloads import APNS_LIMIT, FCM_LIMIT, payload_sizes, recipient_context
 
-    problem = _payload_problem(spec, profile=profile, context=context)
+    problem = _payload_problem(spec, profile=profile, context=recipient_context(sent, None, own=context))
     if problem is None:
         return None
     context_field = f"recipients[{index}].context" if own_context else "context"
+    alone = recipient_context(sent, None)  # what the send gives a row without the call's values
     try:
-        apns, fcm = payload_sizes(spec, profile=profile, context={})
+        apns, fcm = payload_sizes(spec, profile=profile, context=alone)
     except LiquidError:  # it fails without the context too: which of the two is at fault is not known
         return context_field, problem
     if apns > APNS_LIMIT or fcm > FCM_LIMIT:
         return f"recipients[{index}]", _payload_problem(
-            spec, profile=profile, context={}, source="this recipient's profile"
+            spec, profile=profile, context=alone, source="this recipient's profile"
         )
     return context_field, problem
 
@@ -357,10 +360,10 @@ def _approved_for(campaign_id: int, *, stamp: str | None, by: User | None, now: 
                 for name, times in b.times.items():
                     entry.bound_times[name] = max(times, entry.bound_times.get(name, 0))
     if not entry.personalized:
-        entry.payload_problem = _payload_problem(spec, profile={"attributes": {}}, context={})
+        entry.payload_problem = _payload_problem(spec, profile={"attributes": {}}, context=entry.context)
         for frozen in entry.variants:
             entry.variant_problems[frozen["number"]] = _payload_problem(
-                frozen["spec"], profile={"attributes": {}}, context={}
+                frozen["spec"], profile={"attributes": {}}, context=entry.context
             )
     _APPROVED[campaign_id] = entry
     return entry
@@ -539,6 +542,7 @@ def campaign_trigger(
                 index=index,
                 profile=profile,
                 context=merged,
+                sent=entry.context,
                 own_context=bool(recipient.get("context")),
             )
         else:
@@ -725,13 +729,15 @@ def _trigger_by_external_id(
 
 
 def _recipient_budget(entry: _Approved, *, context: dict) -> int | None:
-    """The least room any content it sends leaves a recipient's attributes with this context
-    (``delivery.payloads.profile_bound_budget``); None when one cannot be rendered with it."""
-    from delivery.payloads import profile_bound_budget
+    """The least room any content it sends leaves a recipient's attributes with the call's context
+    (``delivery.payloads.profile_bound_budget``), rendered as the send renders the row, under the
+    stream's own (``recipient_context``); None when one cannot be rendered with it."""
+    from delivery.payloads import profile_bound_budget, recipient_context
 
+    sent = recipient_context(entry.context, None, own=context)
     least = None
     for spec, bound, room in entry.profile_bounds:
-        budget = profile_bound_budget(spec, bound, context=context) if bound.reads_context else room
+        budget = profile_bound_budget(spec, bound, context=sent) if bound.reads_context else room
         if budget is None:
             return None
         least = budget if least is None else min(least, budget)

@@ -264,14 +264,10 @@ def _batch_prepare(dispatch: Dispatch, rows: list[Claimed]) -> _Batch:
             continue
         expiration, ttl_left = (int(expires.timestamp()), remaining) if ttl else (0, 0)
         try:
-            # A call's row reads its own values under the dispatch's, which its gate held to the
-            # approved sends' (``context.campaign``): a row naming one of them does not reword it.
             message = shared or render(
                 spec,
                 profile=row.profile or {"attributes": {}},
-                context={**row.context, **(dispatch.context or {})}
-                if row.context
-                else recipient_context(dispatch.context, row.profile_id),
+                context=recipient_context(dispatch.context, row.profile_id, own=row.context),
             )
         except LiquidError as exc:
             results.append(Result(row.id, DS.FAILED, reason=f"render_error: {exc.message}"[:100]))
