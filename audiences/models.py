@@ -246,6 +246,30 @@ def segments_reached(roots) -> dict[int, set[int]]:
     return found
 
 
+def segments_hold(ids) -> None:
+    """Hold these segments and those their rules use now, at any depth, ``FOR SHARE`` until the
+    transaction ends (PostgreSQL; SQLite's write lock serialises writers already). Call it before
+    checking that they are defined as approved, in the transaction whose statements then read them:
+    a change of one (its rules, a kept list's members, an import into it), which locks its row
+    first, waits for those statements instead of committing between the check and them and
+    reaching people no approver read. Readers of the same segments share the lock, taken in id order."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    ids = {int(pk) for pk in ids}
+    held = set(ids)
+    for reached in segments_reached(ids).values():
+        held |= reached
+    if not held:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {Segment._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR SHARE",  # noqa: S608 (a table name; values are bound)
+            [sorted(held)],
+        )
+
+
 def segments_used(rules) -> set[int]:
     """The ids of the segments a rule tree uses (membership conditions, at any depth)."""
     found: set[int] = set()

@@ -145,25 +145,12 @@ def campaign_audience_check(dispatch: Dispatch) -> None:
 
 def _audience_hold(approved) -> None:
     """Hold the approved version's segment and those its rules use, at any depth (as approved, and
-    as referenced now), ``FOR SHARE`` until the transaction ends: a change of one (its rules, a kept
-    list's members, an import into it), which locks its row first, waits for the rows read from its
-    definition as checked, instead of committing between the check and the statements that read it
-    (a sliced resolve's each begin apart) and reaching people no approver read. Sends of the same
-    segment share the lock. SQLite's write lock serialises them."""
-    from django.db import connection
+    as referenced now), ``FOR SHARE`` until the transaction ends (``segments_hold``): a change of
+    one waits for the rows read from its definition as checked (a sliced resolve's each begin apart).
+    Sends of the same segment share the lock."""
+    from audiences.models import segments_hold
 
-    from audiences.models import Segment, segments_reached
-
-    if connection.vendor != "postgresql":
-        return
-    segment_id = approved.segment_id
-    held = {segment_id, *segments_reached([segment_id]).get(segment_id, ())}
-    held |= {int(pk) for pk in approved.snapshot.get("audience_definition") or {}}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT id FROM {Segment._meta.db_table} WHERE id = ANY(%s) ORDER BY id FOR SHARE",  # noqa: S608 (a table name; values are bound)
-            [sorted(held)],
-        )
+    segments_hold({approved.segment_id, *(int(pk) for pk in approved.snapshot.get("audience_definition") or {})})
 
 
 def campaign_dispatch_refused(dispatch: Dispatch, reason: str) -> None:

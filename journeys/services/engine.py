@@ -518,8 +518,10 @@ def _segments_marks(ids: set[int]) -> tuple:
 def _condition_refused(version: JourneyVersion, step: dict, refusals: dict[str, str]) -> str:
     """Why the condition step may not branch now: a segment its branches read was edited since the
     version was approved (``segments_changed_text``), "" when none was. Read once per step and batch:
-    its segments' change marks, and their definitions again only when a mark moved."""
-    from audiences.models import segments_used
+    its segments' change marks, and their definitions again only when a mark moved. The segments
+    checked stay held until the batch commits (``segments_hold``): an edit committed between the
+    check and the branches' read would branch people as no approver read."""
+    from audiences.models import segments_hold, segments_used
 
     if step["id"] not in refusals:
         ids: set[int] = set()
@@ -531,6 +533,7 @@ def _condition_refused(version: JourneyVersion, step: dict, refusals: dict[str, 
         if not ids or not version.approved_segments:
             refusals[step["id"]] = ""
         else:
+            segments_hold(ids)
             key, marks = (version.pk, step["id"]), _segments_marks(ids)
             checked = _FROZEN_CHECKED.get(key)
             if checked is None or checked[0] != marks:

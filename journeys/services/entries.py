@@ -168,6 +168,7 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
     The journey row is taken with SKIP LOCKED (another worker holding it is entering it); the
     next run is set from the version's recurrence (none for a one-off entry). Returns how many entered.
     """
+    from audiences.models import segments_hold
     from audiences.rules.compiler import segment_profiles
     from audiences.rules.schema import RulesInvalid
 
@@ -184,6 +185,8 @@ def journey_enter_segment(*, journey_id: int, now: dt.datetime | None = None) ->
         entered, refused = 0, ""
         if version.entry_kind == JourneyVersion.EntryKind.SEGMENT and version.entry_segment is not None:
             # Who enters is the segment as approved: an edit since refuses the read (a recurring one is read again when due).
+            # Held from the check to the insert: an edit committed between them would enter people no approver read.
+            segments_hold({version.entry_segment_id})
             refused = segments_changed_text(version, {version.entry_segment_id})
             try:
                 audience = segment_profiles(version.entry_segment, now=now, union=True)
