@@ -106,6 +106,36 @@ def test_a_call_context_is_refused_on_submit_and_on_making_the_campaign_schedule
     assert _reload(trigger).kind == "api_triggered"
 
 
+def test_a_name_its_content_shows_too_large_for_the_payload_is_refused_on_save_and_on_submit(
+    make_campaign, manager_alice, team
+):
+    """Every send gives its content the campaign's name (``context.campaign.name``); the content's own
+    check counts a value at 100 bytes, so a longer name made every message of it too large at send,
+    though it was approved. Saving or submitting such a campaign is refused naming the name; a
+    shorter one is taken."""
+    from tests.factories import PushContentFactory
+
+    near_the_limit = PushContentFactory(app=team, title="{{ context.campaign.name }}", body="x" * 3800)
+    with pytest.raises(ValidationError) as error:
+        make_campaign(name="N" * 200, content=near_the_limit)
+    (message,) = error.value.message_dict["name"]
+    assert "over the 4096-byte limit" in message
+    campaign = make_campaign(name="N" * 20, content=near_the_limit)
+    with pytest.raises(ValidationError) as error:
+        campaign_update(campaign_id=campaign.pk, by=manager_alice, name="N" * 200)
+    assert "name" in error.value.message_dict
+
+    long_named = make_campaign(name="N" * 200)
+    long_named.content.title = near_the_limit.title
+    long_named.content.body = near_the_limit.body
+    long_named.content.save()
+    with pytest.raises(ValidationError) as error:
+        campaign_submit(campaign_id=long_named.pk, by=manager_alice)
+    assert "name" in error.value.message_dict
+    assert _reload(long_named).status == "draft"
+    assert campaign_submit(campaign_id=campaign.pk, by=manager_alice).pk
+
+
 def test_submit_locks_and_opens_a_request(make_campaign, manager_alice):
     campaign = make_campaign()
     request = campaign_submit(campaign_id=campaign.pk, by=manager_alice, message="please")
