@@ -20,17 +20,20 @@ from accounts.services import (
 )
 from campaigns.models import Campaign, Occurrence, WinnerTest
 from campaigns.schedule import (
+    EARLIEST_ZONE,
     LATE_AFTER,
     LOCAL_SPAN,
     at_local_time,
     lateness_allowed,
     local_wall_time,
+    localize,
     next_occurrence,
     occurrence_when,
     skipped_time_text,
 )
 from campaigns.services.lifecycle import SAVED_WITH_STATUS, Status, revision_waiting
 from campaigns.services.winner import winner_test_open, winners_pick_due
+from config.zones import zone
 
 if TYPE_CHECKING:
     from delivery.models import Dispatch
@@ -56,8 +59,10 @@ def campaign_gate(
     The app and the kind are the approved version's (a revision moving them waits for its approval,
     and the approved version keeps sending from its own app). ``sends`` (``dispatch_create``'s),
     when given, must be the approved version's too: its segment (no list of profiles), its purpose
-    (transactional passes the frequency caps and quiet hours), its throttle and its schedule's time
-    zone (which its content's ``now`` is read in); an API-triggered
+    (transactional passes the frequency caps and quiet hours), its throttle, its schedule's time
+    zone (which its content's ``now`` is read in) and its local time: none unless the approved
+    schedule sends at each profile's local time, else the wall-clock time of one of its occurrences,
+    its zone for the profiles without one and its missed window for a zone reached late; an API-triggered
     campaign sends to the recipients each call names, never to a segment. A scheduled campaign's
     ``context`` is the one its approved version's sends give (``ApprovedVersion.send_context``, under
     the name it was approved with): content may show a context value (with a default), so another
@@ -108,10 +113,48 @@ def _sends_gate(campaign: Campaign, approved, sends: dict, *, context: dict | No
     # The zone its content's ``now`` is read in ("": UTC): another would show another hour, or day.
     if (sends.get("time_zone") or "UTC") != (approved.time_zone or "UTC"):
         raise GateClosed(f"The time zone to send in is not the one the approved schedule of '{campaign}' names.")
+    _local_time_gate(campaign, approved, sends, api_triggered=api_triggered)
     # An API trigger's stream too: its context is what every call's rows read ``context.campaign`` from
     # (each call's own values go on its rows, and may not name it).
     if (context or {}) != approved.send_context():
         raise GateClosed(f"The context to send with is not the one the approved sends of '{campaign}' give.")
+
+
+def _local_time_gate(campaign: Campaign, approved, sends: dict, *, api_triggered: bool) -> None:
+    """GateClosed unless a dispatch holds its rows to each profile's local time as the approved
+    schedule does (``campaign_fire_due``'s): not at all, or at the wall-clock time of one of its
+    occurrences, the profiles without a zone at the schedule's zone's, a zone reached late sent
+    within its missed window."""
+    from delivery.services.dispatches import GateClosed
+
+    wall = sends.get("local_time") or ""
+    default_zone = sends.get("local_default_timezone") or ""
+    late = sends.get("local_late_minutes")
+    if api_triggered or not at_local_time(approved):
+        if wall or default_zone or late is not None:
+            raise GateClosed(f"'{campaign}' was approved to send at its time, not at each profile's local time.")
+        return
+    if (
+        not _approved_wall_time(approved, wall)
+        or (default_zone or "UTC") != (approved.time_zone or "UTC")
+        or late != int(lateness_allowed(approved).total_seconds() // 60)
+    ):
+        raise GateClosed(f"The local time to send at is not the one the approved schedule of '{campaign}' names.")
+
+
+def _approved_wall_time(approved, wall: str) -> bool:
+    """Is ``wall`` (ISO, no zone) the wall-clock time of an occurrence of the approved local-time
+    schedule (``local_wall_time``)?"""
+    try:
+        naive = dt.datetime.fromisoformat(wall)
+    except ValueError:
+        return False
+    if naive.tzinfo is not None:
+        return False
+    # An occurrence is when the earliest zone reaches its wall time (``next_occurrence``).
+    moment = localize(naive, zone(EARLIEST_ZONE))
+    due = next_occurrence(approved, after=moment - dt.timedelta(seconds=1))
+    return due is not None and local_wall_time(approved, due) == wall
 
 
 def _audience_gate(campaign: Campaign, approved) -> None:

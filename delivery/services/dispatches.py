@@ -59,8 +59,9 @@ def dispatch_gate_register(*, kind: str, gate: DispatchGate) -> None:
     raises GateClosed to refuse. ``context`` is what the dispatch gives its content (a journey's
     names its push step, whose approved content alone it may send); ``sends`` how and to whom it
     sends it (``segment_id``, ``profile_ids``, ``purpose``, ``rate_limit_per_second``,
-    ``time_zone``), which an approval covers as much as the content (a campaign's audience,
-    purpose, throttle and schedule's zone).
+    ``time_zone``, ``local_time``, ``local_default_timezone``, ``local_late_minutes``), which an
+    approval covers as much as the content (a campaign's audience, purpose, throttle, schedule's
+    zone, and whether, and when, it sends at each profile's local time).
 
     Campaigns register theirs (approved, live, fingerprint unchanged) when their app loads.
     A kind without a gate is refused: the send path fails closed.
@@ -184,6 +185,8 @@ def dispatch_create(
     campaign's) narrows the audience to its sample of ``share`` percent, or to the rest, by a second
     hash of profile and ``source_id``; the gate is asked about it. ``time_zone`` (a campaign's) is
     the zone its content's ``now`` renders in (at a ``local_time``, each profile's own); "": UTC.
+    ``local_time`` (a wall-clock time, ISO), ``local_default_timezone`` and ``local_late_minutes``
+    hold each profile's rows until that time in its zone; the gate is asked about them too.
     Raises GateClosed when the kind's gate refuses (or the kind has none), ValidationError when
     the spec is not sendable, InstanceMismatch on a copy of another instance's database.
     """
@@ -195,6 +198,9 @@ def dispatch_create(
         "purpose": purpose,
         "rate_limit_per_second": rate_limit_per_second,
         "time_zone": time_zone,
+        "local_time": local_time,
+        "local_default_timezone": local_default_timezone,
+        "local_late_minutes": local_late_minutes,
     }
     dispatch_gate_ask(
         kind=kind,

@@ -160,6 +160,10 @@ def stream_open(
             "purpose": purpose,
             "rate_limit_per_second": rate_limit_per_second,
             "time_zone": time_zone,
+            # A stream sends each call's rows as they come, never held to a local time.
+            "local_time": "",
+            "local_default_timezone": "",
+            "local_late_minutes": None,
         },
         variants=variants,
         holdout_share=holdout_share,
