@@ -138,6 +138,44 @@ def campaign_context_check(campaign: Campaign, *, by: User | None = None) -> Non
             )
 
 
+def campaign_name_fits_check(campaign: Campaign) -> None:
+    """Refuse a campaign whose name, which every send gives its content (``context.campaign.name``:
+    ``Campaign.send_context``), makes a message of its content or a variant's content too large for
+    APNs' or FCM's 4,096 bytes: the content's own check counts a value at 100 bytes, a name may take
+    more, and every message of it would fail at send. Measured for a profile without attributes, in
+    each of the content's locales. Raises ValidationError naming ``name``."""
+    from liquid.exceptions import LiquidError
+
+    from delivery.payloads import APNS_LIMIT, FCM_LIMIT, payload_sizes, spec_reads
+
+    if campaign.content is None:
+        return
+    contents = [campaign.content]
+    contents += [v.content for v in campaign.variant_list() if v.content_id != campaign.content_id]
+    context = campaign.send_context()
+    for content in contents:
+        spec = content.spec()
+        if not spec_reads(spec, "context.campaign"):
+            continue
+        for locale in ("", *(spec.get("variants") or {})):
+            try:
+                apns, fcm = payload_sizes(spec, profile={"locale": locale, "attributes": {}}, context=context)
+            except LiquidError:  # said where the content is checked
+                continue
+            over = max(apns - APNS_LIMIT, fcm - FCM_LIMIT)
+            if over > 0:
+                platform, size, limit = (
+                    ("iOS", apns, APNS_LIMIT) if apns - APNS_LIMIT == over else ("Android", fcm, FCM_LIMIT)
+                )
+                raise ValidationError(
+                    {
+                        "name": f"Its content shows the campaign's name (context.campaign.name): with this "
+                        f"name its {platform} payload is {size} bytes, {over} over the {limit}-byte limit, "
+                        "so every message would fail at send. Shorten the name or the content."
+                    }
+                )
+
+
 def throttle_check(throttle: int | None) -> None:
     """Refuse a campaign throttle under 1 message a second: 0 reads as no throttle (the send goes at
     its app's full rate), and empty already says the app's limit. Raises ValidationError naming
@@ -176,6 +214,7 @@ def _validate(campaign: Campaign, *, by: User, changed: set[str] = frozenset()) 
         missed_window_check(campaign.missed_window_minutes)
     _check_references(campaign, by=by, changed=changed)
     campaign_context_check(campaign, by=by)
+    campaign_name_fits_check(campaign)
     if campaign.winner_mode:
         from campaigns.services.winner import campaign_winner_check
 
