@@ -291,8 +291,8 @@ class PushdeskCollector:
         )
         yield GaugeMetricFamily(
             "pushdesk_credentials_undecryptable",
-            "App credentials (an APNs key, an FCM service account) that PUSHDESK_ENCRYPTION_KEY cannot decrypt: "
-            "nothing is sent with them (manage.py status names them)",
+            "App secrets (an APNs key, an FCM service account, an identity secret) that PUSHDESK_ENCRYPTION_KEY "
+            "cannot decrypt: nothing is sent with them (manage.py status names them)",
             value=undecryptable_credentials(),
         )
         beat = GaugeMetricFamily(
