@@ -175,7 +175,7 @@ def dispatches_sent_by(dispatches: list[Dispatch]) -> dict[int, dict | None]:
     campaign_of: dict[int, int | None] = {}
     version_ids = set()
     for dispatch in dispatches:
-        campaign_of[dispatch.pk] = _campaign_sent_by(dispatch)
+        campaign_of[dispatch.pk] = dispatch.campaign_sent_by
         if dispatch.kind == Dispatch.Kind.JOURNEY and dispatch.source_id is not None:
             version_ids.add(dispatch.source_id)
     seen = [d for d in dispatches if getattr(d, "source_seen", True)]
@@ -218,17 +218,6 @@ def dispatches_sent_by(dispatches: list[Dispatch]) -> dict[int, dict | None]:
         answer.update(campaign_id=campaign_id, name=names.get(campaign_id) if shown else None)
         said[dispatch.pk] = {"kind": "test" if dispatch.kind == Dispatch.Kind.TEST else "campaign", **answer}
     return said
-
-
-def _campaign_sent_by(dispatch: Dispatch) -> int | None:
-    """The campaign that sent ``dispatch`` (its source), or that its test tested (its context's)."""
-    if dispatch.kind in (Dispatch.Kind.CAMPAIGN, Dispatch.Kind.API_TRIGGER):
-        return dispatch.source_id
-    if dispatch.kind == Dispatch.Kind.TEST:
-        tested = (dispatch.context or {}).get("campaign")
-        named = tested.get("id") if isinstance(tested, dict) else None
-        return named if isinstance(named, int) and not isinstance(named, bool) else None
-    return None
 
 
 class DispatchOutSerializer(AnswerSerializer):

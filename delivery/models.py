@@ -593,6 +593,18 @@ class Dispatch(models.Model):
         return [v["spec"] for v in self.variants] or [self.content_spec]
 
     @property
+    def campaign_sent_by(self) -> int | None:
+        """The campaign that sent it (its source), or, for a test send, the one it tested (its
+        context names it: a test's source is its content); None for any other."""
+        if self.kind in (self.Kind.CAMPAIGN, self.Kind.API_TRIGGER):
+            return self.source_id
+        if self.kind == self.Kind.TEST:
+            tested = (self.context or {}).get("campaign")
+            named = tested.get("id") if isinstance(tested, dict) else None
+            return named if isinstance(named, int) and not isinstance(named, bool) else None
+        return None
+
+    @property
     def done_count(self) -> int:
         return self.accepted + self.failed + self.skipped + self.unknown
 

@@ -326,12 +326,12 @@ class DispatchAdmin(ScopedAdmin):
         (``source_seen``) is said by kind and number."""
         seen = getattr(obj, "source_seen", True)
         if obj.kind == Dispatch.Kind.TEST:
-            tested = (obj.context or {}).get("campaign")
-            if not isinstance(tested, dict) or tested.get("id") is None:
+            tested = obj.campaign_sent_by
+            if tested is None:
                 return "A test send"
             if not seen:
-                return f"A test send of {numbered('campaign', tested['id'])}"
-            return format_html("A test send of {}", self._campaign_link(tested["id"]))
+                return f"A test send of {numbered('campaign', tested)}"
+            return format_html("A test send of {}", self._campaign_link(tested))
         if obj.source_id is None:
             return "—"
         if not seen:
