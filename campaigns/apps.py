@@ -69,16 +69,8 @@ class CampaignsConfig(AppConfig):
             Campaign,
             ApprovalSubject(
                 review_html=campaign_review_html,
-                approve=lambda *, subject_id, by, comment, request_id=None, read_mark=None, send_confirmed=True: (
-                    campaign_approve(
-                        campaign_id=subject_id,
-                        by=by,
-                        comment=comment,
-                        request_id=request_id,
-                        read_mark=read_mark,
-                        send_confirmed=send_confirmed,
-                    )
-                ),
+                # by, comment, request_id, read_mark and send_confirmed, as the review passes them
+                approve=lambda *, subject_id, **decision: campaign_approve(campaign_id=subject_id, **decision),
                 read_mark=lambda campaign: campaign.fingerprint(),
                 request_changes=lambda *, subject_id, by, comment, request_id=None: campaign_request_changes(
                     campaign_id=subject_id, by=by, comment=comment, request_id=request_id

@@ -70,16 +70,8 @@ class JourneysConfig(AppConfig):
             Journey,
             ApprovalSubject(
                 review_html=journey_review_html,
-                approve=lambda *, subject_id, by, comment, request_id=None, read_mark=None, send_confirmed=True: (
-                    journey_approve(
-                        journey_id=subject_id,
-                        by=by,
-                        comment=comment,
-                        request_id=request_id,
-                        read_mark=read_mark,
-                        send_confirmed=send_confirmed,
-                    )
-                ),
+                # by, comment, request_id, read_mark and send_confirmed, as the review passes them
+                approve=lambda *, subject_id, **decision: journey_approve(journey_id=subject_id, **decision),
                 read_mark=journey_read_mark,
                 request_changes=lambda *, subject_id, by, comment, request_id=None: journey_request_changes(
                     journey_id=subject_id, by=by, comment=comment, request_id=request_id
